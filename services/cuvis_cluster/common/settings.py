@@ -1,0 +1,191 @@
+"""One configuration surface for every binary.
+
+Each setting is a field of a pydantic model. The same field is
+
+* a command-line flag:        ``max_sessions``  ->  ``--max-sessions``
+* an environment variable:    ``max_sessions``  ->  ``CUVIS_MAX_SESSIONS``
+* a Helm value:               ``max_sessions``  ->  ``maxSessions`` (the chart renders it into the env var)
+
+Precedence: flag > environment > default. ``python -m cuvis_cluster.common.settings`` prints the
+table of names, which the chart's policy test compares against the rendered manifests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args, get_origin
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CUVIS_"
+ONE_GIB = 1 << 30
+# Protobuf cannot represent a message of 2 GiB or more; refuse limits past that.
+PROTOBUF_HARD_LIMIT = (1 << 31) - 1
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def helm_name(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+class _Base(BaseSettings):
+    """Settings shared by the gateway and the worker."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    role: ClassVar[str] = "server"
+
+    listen: str = Field("127.0.0.1:50051", description="HOST:PORT the gRPC server binds to.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="HTTP port for Prometheus /metrics (0 = off).")
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics HTTP server binds to.")
+    max_message_bytes: int = Field(
+        ONE_GIB, gt=0, le=PROTOBUF_HARD_LIMIT, description="Largest gRPC message accepted or sent, in bytes."
+    )
+    grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM: how long in-flight calls and streams may run before exit."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    tls_cert: Path | None = Field(None, description="PEM server certificate; enables TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
+    )
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL of the routing store.")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_hostport(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @classmethod
+    def names(cls) -> list[tuple[str, str, str, str]]:
+        """(field, flag, env var, helm value) for every setting."""
+        return [(f, flag_name(f), env_name(f), helm_name(f)) for f in cls.model_fields]
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        return {env_name(f) for f in cls.model_fields}
+
+    @classmethod
+    def argument_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(
+            prog=prog,
+            description=description,
+            epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<NAME>.",
+        )
+        for name, info in cls.model_fields.items():
+            kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+            help_text = (info.description or "").replace("%", "%%")
+            default = info.default
+            kwargs["help"] = f"{help_text} [env {env_name(name)}; default {default!r}]"
+            annotation = info.annotation
+            if annotation is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif get_origin(annotation) is list:
+                kwargs["action"] = "append"
+            elif get_origin(annotation) is Literal:
+                kwargs["choices"] = list(get_args(annotation))
+            parser.add_argument(flag_name(name), **kwargs)
+        return parser
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None, *, prog: str, description: str):
+        parser = cls.argument_parser(prog, description)
+        namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        try:
+            return cls(**vars(namespace))
+        except Exception as exc:  # pydantic.ValidationError: show it like an argparse error
+            parser.error(str(exc))
+
+
+class WorkerSettings(_Base):
+    """``cuvis-worker``: hosts sessions and runs pipelines on one device."""
+
+    role: ClassVar[str] = "worker"
+
+    advertise: str | None = Field(
+        None, description="HOST:PORT under which gateways reach this worker (default: the listen address)."
+    )
+    configs_dir: Path = Field(
+        Path("configs"), description="Root of the bundled Hydra configs (pipeline/, trainrun/, data/, training/)."
+    )
+    data_dir: Path = Field(Path("data"), description="Root under which server-side data files may be read.")
+    output_dir: Path = Field(Path("outputs"), description="Root under which pipelines and train runs are written.")
+    plugin_dirs: list[Path] = Field(
+        default_factory=list, description="Allow-listed roots from which plugins may be loaded (repeatable)."
+    )
+    extra_roots: list[Path] = Field(
+        default_factory=list, description="Further directories that sessions may add to their search paths."
+    )
+    max_sessions: int = Field(16, ge=1, description="Sessions this worker holds at most.")
+    idle_timeout_seconds: float = Field(3600.0, gt=0, description="A session unused this long is closed.")
+    reap_interval_seconds: float = Field(30.0, gt=0, description="How often idle sessions are looked for.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device; auto picks CUDA when present.")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="Registration heartbeat period in Redis.")
+    heartbeat_ttl_seconds: float = Field(
+        6.0, gt=0, description="A worker whose heartbeat is older than this is considered lost."
+    )
+    max_workers: int = Field(16, ge=1, description="Threads serving RPCs.")
+
+    @property
+    def advertised_address(self) -> str:
+        return self.advertise or self.listen
+
+
+class GatewaySettings(_Base):
+    """``cuvis-gateway``: stateless session-affine router in front of the workers."""
+
+    role: ClassVar[str] = "gateway"
+
+    listen: str = Field("127.0.0.1:50050", description="HOST:PORT the gateway binds to.")
+    auth_token_file: Path | None = Field(
+        None, description="File of 'token identity' lines; when set, clients must send a bearer token."
+    )
+    worker_tls_ca: Path | None = Field(None, description="CA bundle to verify workers (enables gateway->worker TLS).")
+    worker_tls_cert: Path | None = Field(None, description="Client certificate presented to workers.")
+    worker_tls_key: Path | None = Field(None, description="Key of worker_tls_cert.")
+    worker_tls_server_name: str | None = Field(
+        None, description="Server name expected in worker certificates (default: the worker host)."
+    )
+    heartbeat_ttl_seconds: float = Field(
+        6.0, gt=0, description="A worker whose heartbeat is older than this is considered lost."
+    )
+    route_cache_seconds: float = Field(
+        2.0, ge=0, description="How long a session route is cached in the gateway before Redis is asked again."
+    )
+    touch_interval_seconds: float = Field(
+        30.0, gt=0, description="At most one TTL refresh of a session route per this interval."
+    )
+    idle_timeout_seconds: float = Field(3600.0, gt=0, description="Route TTL; matches the workers' idle timeout.")
+
+
+def main() -> None:
+    rows = []
+    for cls in (GatewaySettings, WorkerSettings):
+        for field, flag, env, helm in cls.names():
+            rows.append(f"{cls.role:8} {field:24} {flag:28} {env:32} {helm}")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
+    os._exit(0)

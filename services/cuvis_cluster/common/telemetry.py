@@ -1,0 +1,130 @@
+"""Prometheus metrics of both servers, declared in one place.
+
+Dashboards, alerts and the chart tests read :data:`METRIC_NAMES` to check that every series they
+use exists. Labels are bounded: method, code, role, worker address, outcome. Never a session id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+
+# Latency buckets from sub-millisecond control calls up to multi-second 600 MB inferences.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class RpcMetrics:
+    """Per-RPC series that both servers export under their own prefix."""
+
+    def __init__(self, prefix: str, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            f"{prefix}_rpc_requests", "Finished RPCs by method and status code.", ["method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{prefix}_rpc_duration_seconds", "RPC latency from first byte in to status out.", ["method"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.in_flight = Gauge(
+            f"{prefix}_rpc_in_flight", "RPCs currently being served.", ["method"], registry=registry
+        )
+        self.bytes_in = Counter(
+            f"{prefix}_rpc_received_bytes", "Request payload bytes received.", ["method"], registry=registry
+        )
+        self.bytes_out = Counter(
+            f"{prefix}_rpc_sent_bytes", "Response payload bytes sent.", ["method"], registry=registry
+        )
+
+
+class GatewayMetrics(RpcMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        super().__init__("cuvis_gateway", self.registry)
+        r = self.registry
+        self.info = Info("cuvis_gateway_build", "Gateway version.", registry=r)
+        self.workers = Gauge("cuvis_gateway_workers", "Registered workers by state.", ["state"], registry=r)
+        self.worker_sessions = Gauge(
+            "cuvis_gateway_worker_sessions", "Sessions held by each live worker.", ["worker"], registry=r
+        )
+        self.worker_capacity = Gauge(
+            "cuvis_gateway_worker_capacity", "Session capacity of each live worker.", ["worker"], registry=r
+        )
+        self.placement_failures = Counter(
+            "cuvis_gateway_placement_failures", "CreateSession calls that found no worker.", ["reason"], registry=r
+        )
+        self.routes_purged = Counter(
+            "cuvis_gateway_routes_purged", "Session routes removed because their worker was lost.", registry=r
+        )
+        self.route_cache = Counter(
+            "cuvis_gateway_route_lookups", "Session route lookups by source.", ["source"], registry=r
+        )
+        self.redis_latency = Histogram(
+            "cuvis_gateway_redis_duration_seconds", "Redis command latency.", ["op"], buckets=REDIS_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter("cuvis_gateway_redis_errors", "Failed Redis commands.", ["op"], registry=r)
+        self.redis_up = Gauge("cuvis_gateway_redis_up", "1 when the last Redis call succeeded.", registry=r)
+
+
+class WorkerMetrics(RpcMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        super().__init__("cuvis_worker", self.registry)
+        r = self.registry
+        self.info = Info("cuvis_worker_build", "Worker version and device.", registry=r)
+        self.sessions = Gauge("cuvis_worker_sessions", "Sessions held by this worker.", registry=r)
+        self.capacity = Gauge("cuvis_worker_session_capacity", "Maximum sessions of this worker.", registry=r)
+        self.sessions_expired = Counter(
+            "cuvis_worker_sessions_expired", "Sessions closed by the idle reaper.", registry=r
+        )
+        self.draining = Gauge("cuvis_worker_draining", "1 while the worker refuses new sessions.", registry=r)
+        self.training_runs = Counter(
+            "cuvis_worker_training_runs", "Finished training runs by trainer and outcome.", ["trainer", "outcome"],
+            registry=r,
+        )
+        self.training_active = Gauge("cuvis_worker_training_active", "Training runs in progress.", registry=r)
+        self.inference_latency = Histogram(
+            "cuvis_worker_inference_duration_seconds", "Pipeline forward time of Inference, without transport.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.device_memory = Gauge(
+            "cuvis_worker_device_memory_bytes", "Device memory by kind (allocated, reserved, free, total).",
+            ["kind"], registry=r,
+        )
+        self.redis_latency = Histogram(
+            "cuvis_worker_redis_duration_seconds", "Redis command latency.", ["op"], buckets=REDIS_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter("cuvis_worker_redis_errors", "Failed Redis commands.", ["op"], registry=r)
+
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def _exported_names(metrics: RpcMetrics) -> set[str]:
+    names: set[str] = set()
+    for collector in list(metrics.registry._collector_to_names):
+        for family in collector.describe():
+            names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+    return names
+
+
+def metric_names() -> set[str]:
+    """Every sample name either server can export (counters with ``_total``, histograms with ``_bucket`` ...)."""
+    return _exported_names(GatewayMetrics()) | _exported_names(WorkerMetrics())
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
+    """Expose ``registry`` on http://host:port/metrics in a daemon thread (port 0 disables it)."""
+    if port:
+        start_http_server(port, addr=host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
