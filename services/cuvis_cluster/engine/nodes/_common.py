@@ -148,3 +148,34 @@ def copy_into(node: Node, name: str, value: torch.Tensor) -> None:
                 node._buffers[name] = value.detach().to(target)
             return
         target.copy_(value.detach().to(target))
+
+
+def int_param(value: Any, name: str, minimum: int | None = None) -> int:
+    """A node hyper-parameter as int; TypeError (-> InvalidArgument at pipeline build) when it is not one."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if out != value and not isinstance(value, str):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and out < minimum:
+        raise TypeError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def float_param(value: Any, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if out != out:  # NaN
+        raise TypeError(f"{name} must be a number, got NaN")
+    if minimum is not None and out < minimum:
+        raise TypeError(f"{name} must be >= {minimum}, got {out}")
+    if maximum is not None and out > maximum:
+        raise TypeError(f"{name} must be <= {maximum}, got {out}")
+    return out

@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class CuvisAIServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Hyperspectral pipeline service. Most calls act on a session: create one with
+    CreateSession (or RestoreTrainRun), pass its id in `session_id`, and close it
+    with CloseSession. Behind a gateway every call of a session is routed to the
+    worker that holds it, so session state (pipeline, configs, plugins, training)
+    stays on one GPU. Calls without a session id are served by any worker.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -182,178 +187,255 @@ class CuvisAIServiceStub:
 
 
 class CuvisAIServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Hyperspectral pipeline service. Most calls act on a session: create one with
+    CreateSession (or RestoreTrainRun), pass its id in `session_id`, and close it
+    with CloseSession. Behind a gateway every call of a session is routed to the
+    worker that holds it, so session state (pipeline, configs, plugins, training)
+    stays on one GPU. Calls without a session id are served by any worker.
+    """
 
     def ListAvailablePipelines(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the pipeline YAML files under the server's pipeline configs root,
+        optionally filtered by a metadata tag (case-insensitive). No session needed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPipelineInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns one pipeline from the configs root, including its YAML text. The
+        path must be relative to the root; an escape is INVALID_ARGUMENT and a
+        missing file is NOT_FOUND. No session needed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Opens a new session on a worker with free capacity and returns its id.
+        RESOURCE_EXHAUSTED when every worker is full, UNAVAILABLE when none is up.
+        Sessions expire after the configured idle timeout.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetSessionSearchPaths(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replaces or extends the directories the session searches for configs and
+        weights. Directories that do not exist or lie outside the allowed roots
+        are reported back in `rejected_paths` instead of failing the call.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Closes a session and frees everything it holds (pipeline, GPU memory,
+        running training). NOT_FOUND for an unknown or already-closed id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolveConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Composes a config with Hydra from the session's search paths, applies the
+        overrides, validates it and returns it as JSON. A missing file is
+        NOT_FOUND; a result that fails validation is INVALID_ARGUMENT naming the
+        field path.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetParameterSchema(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns the JSON Schema of one config type. An unknown type is NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ValidateConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Checks a config without applying it. Problems with the config are
+        reported in the reply (`valid`, `errors`, `warnings`), not as an RPC
+        error; only an unknown config type fails the call.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LoadPipelineWeights(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Loads weights into the session's pipeline, from a server-side path (searched
+        in the session's search paths) or from bytes sent with the request. Files
+        are read as plain tensors only; nothing is unpickled. With `strict` (the
+        default) missing and unexpected keys both fail with INVALID_ARGUMENT
+        listing them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetTrainRunConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stores a train-run config (data, training, node lists) in the session.
+        When the config names a pipeline, it is built and loaded as well.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Train(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Trains the session's pipeline and streams progress. The stream ends after
+        exactly one terminal message (COMPLETE, ERROR or CANCELLED). Cancelling the
+        call, or calling StopTrain, stops training within one batch. While training
+        runs, calls that would change the pipeline are FAILED_PRECONDITION.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StopTrain(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Asks the session's running training to stop. Its Train stream then ends
+        with a CANCELLED message.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTrainStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns the most recent real progress of the session's training (or of the
+        last run once it ended), not a guess.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTrainingCapabilities(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the optimizers, schedulers and callbacks the trainer understands,
+        with their parameters. No session needed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SavePipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Writes the session's pipeline as YAML plus a `.pt` weights file with the
+        same stem, under the server's output root, creating directories.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LoadPipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Builds a pipeline from its JSON config and makes it the session's pipeline,
+        replacing any previous one. Weights are not loaded (see
+        LoadPipelineWeights). Validation errors are INVALID_ARGUMENT naming the node
+        and port.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SaveTrainRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Writes the session's train-run config and its pipeline (and optionally its
+        weights) to disk under the server's output root.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestoreTrainRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Recreates a saved train run: pipeline, configs and optionally weights. Uses
+        the given session, or opens a new one when `session_id` is empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPipelineInputs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Describes the inputs the session's pipeline expects (its unconnected input
+        ports), keyed by batch key.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPipelineOutputs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Describes the outputs the session's pipeline can return, keyed
+        `node.port`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPipelineVisualization(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Renders the pipeline graph as an image or text (png, svg, dot, mermaid).
+        Renders the session's pipeline, or the config passed in `config_content`
+        without needing a session.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Inference(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs the session's pipeline forward on one batch and returns the requested
+        outputs. A missing required input, or a tensor with the wrong dtype or
+        channel count, is INVALID_ARGUMENT naming the input; no pipeline loaded is
+        FAILED_PRECONDITION.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LoadPlugin(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Registers a plugin manifest in the session's catalog. Plugin code is only
+        taken from the server's allow-listed plugin roots.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLoadedPlugins(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the plugins registered in the session.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPluginInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Describes one plugin registered in the session. NOT_FOUND for an unknown
+        plugin name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAvailableNodes(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the node types the session can use in a pipeline (built-in nodes
+        plus those declared by its plugins), with their ports, category and tags.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetProfiling(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Turns per-node timing of the session's pipeline on or off, and optionally
+        resets the collected statistics.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProfilingSummary(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns the per-node timing statistics collected since profiling was
+        enabled or last reset.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClearPluginCache(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Drops cached plugin installations on the serving worker (all of them, or
+        one plugin). Kept for older clients that still call it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -515,7 +597,12 @@ def add_CuvisAIServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CuvisAIService:
-    """Missing associated documentation comment in .proto file."""
+    """Hyperspectral pipeline service. Most calls act on a session: create one with
+    CreateSession (or RestoreTrainRun), pass its id in `session_id`, and close it
+    with CloseSession. Behind a gateway every call of a session is routed to the
+    worker that holds it, so session state (pipeline, configs, plugins, training)
+    stays on one GPU. Calls without a session id are served by any worker.
+    """
 
     @staticmethod
     def ListAvailablePipelines(request,

@@ -1,0 +1,150 @@
+"""Normalizers: global min-max, per-channel z-score, per-pixel unit norm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from ._common import (
+    BHWC,
+    StreamingMoments,
+    check_bhwc,
+    copy_into,
+    flatten_pixels,
+    float_param,
+    int_param,
+    iter_port,
+    node_label,
+    require_input,
+    with_channels,
+)
+from .base import Node, Port, register
+from cuvis_cluster.errors import FailedPrecondition
+
+
+@register
+class MinMaxNormalizer(Node):
+    """``(x - min) / max(max - min, eps)``.
+
+    With ``use_running_stats`` (default) ``min``/``max`` are one global scalar pair over every pixel and
+    channel of the train split, fitted by streaming over its batches (buffers ``running_min`` and
+    ``running_max``). Without running stats every sample is scaled by its own min and max and nothing
+    needs fitting.
+    """
+
+    INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
+    OUTPUTS: ClassVar[dict[str, Port]] = {"normalized": Port("float32", BHWC)}
+    CATEGORY = "transform"
+    TAGS = ("hyperspectral", "normalization", "preprocessing")
+    TRAINABLE_BUFFERS = ("running_min", "running_max")
+    DESCRIPTION = "Min-max scaling with a global running min/max fitted on the train split."
+
+    def __init__(self, eps: float = 1e-6, use_running_stats: bool = True) -> None:
+        eps = float_param(eps, "eps", minimum=0.0)
+        super().__init__(eps=eps, use_running_stats=bool(use_running_stats))
+        self.eps = eps
+        self.use_running_stats = bool(use_running_stats)
+        self.register_buffer("running_min", torch.tensor(0.0))
+        self.register_buffer("running_max", torch.tensor(1.0))
+        self.fitted = not self.use_running_stats
+
+    def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        if not self.use_running_stats:
+            self.fitted = True
+            return
+        lo: torch.Tensor | None = None
+        hi: torch.Tensor | None = None
+        for x in iter_port(self, batches, "data"):
+            x = check_bhwc(self, "data", x)
+            if x.numel() == 0:
+                continue
+            b_lo, b_hi = torch.aminmax(x.detach())
+            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+        if lo is None or hi is None:
+            raise FailedPrecondition(f"{node_label(self)}: the train split produced no data to fit on")
+        copy_into(self, "running_min", lo)
+        copy_into(self, "running_max", hi)
+        self.fitted = True
+
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        x = check_bhwc(self, "data", require_input(self, inputs, "data"))
+        if self.use_running_stats:
+            self.require_fitted()
+            lo, hi = self.running_min, self.running_max
+        else:
+            flat = x.reshape(x.shape[0], -1)
+            lo = flat.amin(dim=1).view(-1, 1, 1, 1)
+            hi = flat.amax(dim=1).view(-1, 1, 1, 1)
+        return {"normalized": (x - lo) / torch.clamp(hi - lo, min=self.eps)}
+
+
+@register
+class ZScoreNormalizerGlobal(Node):
+    """Per-channel ``(x - mean_c) / (std_c + eps)`` with mean and std fitted over the train split.
+
+    The std is the sample standard deviation (ddof=1), accumulated in float64 by streaming moments.
+    Unknown keyword params (upstream's YAML passes ``hidden``) are accepted and ignored.
+    """
+
+    INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
+    OUTPUTS: ClassVar[dict[str, Port]] = {"normalized": Port("float32", BHWC)}
+    CATEGORY = "transform"
+    TAGS = ("hyperspectral", "normalization", "preprocessing")
+    TRAINABLE_BUFFERS = ("zscore_mean", "zscore_std")
+    DESCRIPTION = "Per-channel z-score with mean/std fitted on the train split."
+
+    def __init__(self, num_channels: int, eps: float = 1e-8, **ignored: Any) -> None:
+        n = int_param(num_channels, "num_channels", minimum=1)
+        eps = float_param(eps, "eps", minimum=0.0)
+        super().__init__(num_channels=n, eps=eps, **ignored)
+        self.num_channels = n
+        self.eps = eps
+        self.register_buffer("zscore_mean", torch.zeros(n))
+        self.register_buffer("zscore_std", torch.ones(n))
+
+    def input_ports(self) -> dict[str, Port]:
+        return {"data": with_channels(self.INPUTS["data"], self.num_channels)}
+
+    def output_ports(self) -> dict[str, Port]:
+        return {"normalized": with_channels(self.OUTPUTS["normalized"], self.num_channels)}
+
+    def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        moments = StreamingMoments(full=False)
+        for x in iter_port(self, batches, "data"):
+            x = check_bhwc(self, "data", x, self.num_channels)
+            moments.update(flatten_pixels(x.detach()))
+        moments.require(self)
+        assert moments.mean is not None
+        copy_into(self, "zscore_mean", moments.mean)
+        copy_into(self, "zscore_std", moments.variance(ddof=1).sqrt())
+        self.fitted = True
+
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        x = check_bhwc(self, "data", require_input(self, inputs, "data"), self.num_channels)
+        self.require_fitted()
+        return {"normalized": (x - self.zscore_mean) / (self.zscore_std + self.eps)}
+
+
+@register
+class PerPixelUnitNorm(Node):
+    """Per pixel: subtract the spectrum's mean over channels, then divide by the L2 norm of the result."""
+
+    INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
+    OUTPUTS: ClassVar[dict[str, Port]] = {"normalized": Port("float32", BHWC)}
+    CATEGORY = "transform"
+    TAGS = ("hyperspectral", "normalization", "preprocessing")
+    DESCRIPTION = "Centres each spectrum and scales it to unit L2 norm."
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        eps = float_param(eps, "eps", minimum=0.0)
+        super().__init__(eps=eps)
+        self.eps = eps
+
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        x = check_bhwc(self, "data", require_input(self, inputs, "data"))
+        centred = x - x.mean(dim=-1, keepdim=True)
+        norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)
+        return {"normalized": centred / (norm + self.eps)}
