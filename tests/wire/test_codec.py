@@ -67,11 +67,17 @@ def _code_and_details(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 @pytest.mark.parametrize(
     ("tensor", "expected"),
     [
-        (pb.Tensor(shape=[2, 3], dtype=pb.D_TYPE_FLOAT32, raw_data=b"\0" * 20), "raw_data has 20 bytes but shape"),
+        (
+            pb.Tensor(shape=[2, 3], dtype=pb.D_TYPE_FLOAT32, raw_data=b"\0" * 20),
+            "raw_data has 20 bytes but shape",
+        ),
         (pb.Tensor(shape=[2, -3], dtype=pb.D_TYPE_FLOAT32), "shape[1] is -3"),
         (pb.Tensor(shape=[1 << 40, 1 << 40], dtype=pb.D_TYPE_UINT8), "more than any message can carry"),
         (pb.Tensor(shape=[1] * 40, dtype=pb.D_TYPE_UINT8, raw_data=b"\0"), "rank 40 exceeds"),
-        (pb.Tensor(shape=[2], dtype=pb.D_TYPE_UNSPECIFIED, raw_data=b"\0\0"), "D_TYPE_UNSPECIFIED is not a concrete"),
+        (
+            pb.Tensor(shape=[2], dtype=pb.D_TYPE_UNSPECIFIED, raw_data=b"\0\0"),
+            "D_TYPE_UNSPECIFIED is not a concrete",
+        ),
         (pb.Tensor(shape=[2], dtype=77, raw_data=b"\0\0"), "dtype 77 is not a concrete"),
         (
             pb.Tensor(shape=[4], dtype=pb.D_TYPE_FLOAT32, shm_ref=pb.ShmRef(name="x", byte_size=16)),

@@ -10,7 +10,9 @@ import pytest
 from cuvis_cluster import errors
 from cuvis_cluster.wire.status import ERROR_FOR_CODE, STATUS_TABLE, status_for
 
-DOMAIN_ERRORS = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.CuvisError)]
+DOMAIN_ERRORS = [
+    cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.CuvisError)
+]
 
 
 @pytest.mark.parametrize("cls", [c for c in DOMAIN_ERRORS if c is not errors.CuvisError])

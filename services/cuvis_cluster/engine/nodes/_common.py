@@ -26,7 +26,9 @@ def node_label(node: Node) -> str:
 
 def bad_input(node: Node, port: str, problem: str) -> InvalidArgument:
     """An InvalidArgument that names the node and the input port (``field`` is ``node.port``)."""
-    return InvalidArgument(f"{node_label(node)}: input {port!r} {problem}", field=f"{node.name or node.type_name}.{port}")
+    return InvalidArgument(
+        f"{node_label(node)}: input {port!r} {problem}", field=f"{node.name or node.type_name}.{port}"
+    )
 
 
 def require_input(node: Node, inputs: Mapping[str, Any], port: str) -> torch.Tensor:
@@ -122,7 +124,8 @@ class StreamingMoments:
     def require(self, node: Node, minimum: int = 2) -> None:
         if self.count < minimum:
             raise FailedPrecondition(
-                f"{node_label(node)}: statistical training saw {self.count} samples, needs at least {minimum}; "
+                f"{node_label(node)}: statistical training saw {self.count} samples, needs at least "
+                f"{minimum}; "
                 "check that the train split (data.train_ids) is not empty"
             )
 
@@ -143,7 +146,11 @@ def copy_into(node: Node, name: str, value: torch.Tensor) -> None:
         if target.shape != value.shape:
             # A fresh fit may change a shape fixed at construction (a parameter cannot be resized in place).
             if isinstance(target, torch.nn.Parameter):
-                setattr(node, name, torch.nn.Parameter(value.detach().to(target), requires_grad=target.requires_grad))
+                setattr(
+                    node,
+                    name,
+                    torch.nn.Parameter(value.detach().to(target), requires_grad=target.requires_grad),
+                )
             else:
                 node._buffers[name] = value.detach().to(target)
             return

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from ._common import (
     BHWC,
@@ -18,6 +19,7 @@ from ._common import (
     int_param,
     iter_port,
     require_input,
+    stat_dtype,
     with_channels,
 )
 from .base import Node, Port, register
@@ -32,10 +34,8 @@ def regularized_inverse(cov: torch.Tensor) -> torch.Tensor:
     work = cov.to(torch.float64) if cov.device.type != "mps" else cov
     sym = 0.5 * (work + work.transpose(-1, -2))
     chol, info = torch.linalg.cholesky_ex(sym)
-    if bool((info == 0).all()):
-        inv = torch.cholesky_inverse(chol)
-    else:
-        inv = torch.linalg.pinv(sym, hermitian=True)
+    positive_definite = bool((info == 0).all())
+    inv = torch.cholesky_inverse(chol) if positive_definite else torch.linalg.pinv(sym, hermitian=True)
     return inv.to(cov.dtype)
 
 
@@ -44,7 +44,7 @@ def mahalanobis(centred: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
 
     One matmul over all pixels; no per-pixel [C, C] tensors are formed.
     """
-    return ((centred @ inverse) * centred).sum(dim=-1)
+    return torch.einsum("...nc,...nc->...n", centred @ inverse, centred)
 
 
 @register
@@ -52,20 +52,34 @@ class RXGlobal(Node):
     """Global RX detector: ``(x-μ)ᵀ Σ⁻¹ (x-μ)`` with μ and Σ fitted over the whole train split.
 
     Fit streams over the train batches, merging per-batch means and centred scatter matrices in float64
-    (Chan/Welford). The stored ``cov`` is the sample covariance plus ``eps·I``; ``cov_inv`` caches its inverse.
+    (Chan/Welford). The stored ``cov`` is the sample covariance plus ``eps·I``; ``cov_inv`` caches its
+    inverse. The buffers ``mu``, ``cov`` and ``cov_inv`` are what checkpoints hold, frozen or not.
 
-    Gradient training: when ``unfreeze()`` has turned ``cov`` into a parameter, every forward derives the
-    inverse from ``cov`` (differentiably, Cholesky with a pseudo-inverse fallback), and writes it back into
-    ``cov_inv`` without gradient. ``cov_inv`` is therefore a derived mirror of ``cov``: it receives no
-    gradient of its own, and after ``freeze()`` it matches the trained ``cov`` exactly.
+    Gradient training (``unfreeze()``): raw covariance entries are tiny on normalised data (1e-4..1e-2),
+    so an optimiser step of ``lr`` on them (Adam's steps are about ``lr`` whatever the gradient scale)
+    would wreck the model. Unfrozen, the node therefore learns unit-scale offsets instead:
+
+    * ``mu = mu0 + std ⊙ mu_delta``, with ``std = sqrt(diag(cov0))``;
+    * ``cov = D L Lᵀ D`` with ``D = diag(std)`` and ``L = L0 + tril(chol_delta)``, where ``L0`` is the
+      Cholesky factor of the fitted correlation matrix. ``cov`` stays symmetric positive definite and
+      ``cov_inv = D⁻¹ (L Lᵀ)⁻¹ D⁻¹`` is computed from the same factor, so the two never disagree.
+
+    ``mu_delta`` and ``chol_delta`` are the trainable parameters (zero at unfreeze). The effective
+    ``mu``/``cov``/``cov_inv`` are written back into the buffers at every forward and are what
+    ``state_dict()`` reports (the offsets never appear in checkpoints); loading a checkpoint into an
+    unfrozen node re-bases the offsets on the loaded values. ``freeze()`` bakes them in and drops them.
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
-    OUTPUTS: ClassVar[dict[str, Port]] = {"scores": Port("float32", SCORE_SHAPE, description="Mahalanobis distance²")}
+    OUTPUTS: ClassVar[dict[str, Port]] = {
+        "scores": Port("float32", SCORE_SHAPE, description="Mahalanobis distance²")
+    }
     CATEGORY = "model"
     TAGS = ("hyperspectral", "anomaly", "stateful")
     TRAINABLE_BUFFERS = ("mu", "cov", "cov_inv")
     DESCRIPTION = "Global RX anomaly detector (Mahalanobis distance to the train-split background)."
+    _OFFSETS = ("mu_delta", "chol_delta")
+    _BASES = ("_mu0", "_std", "_chol0")
 
     def __init__(self, num_channels: int, eps: float = 1e-6, cache_inverse: bool = True) -> None:
         n = int_param(num_channels, "num_channels", minimum=1)
@@ -77,6 +91,7 @@ class RXGlobal(Node):
         self.register_buffer("mu", torch.zeros(n))
         self.register_buffer("cov", torch.eye(n))
         self.register_buffer("cov_inv", torch.eye(n))
+        self.register_state_dict_post_hook(RXGlobal._report_effective_state)
 
     def input_ports(self) -> dict[str, Port]:
         return {"data": with_channels(self.INPUTS["data"], self.num_channels)}
@@ -94,24 +109,121 @@ class RXGlobal(Node):
         copy_into(self, "cov", cov)
         copy_into(self, "cov_inv", torch.linalg.pinv(cov, hermitian=True))
         self.fitted = True
+        if self.unfrozen:
+            self._rebase()
 
-    def current_inverse(self) -> torch.Tensor:
-        """The inverse used by forward (see the class docstring for the gradient-training rule)."""
-        if self.cov.requires_grad:
+    # -- gradient training -------------------------------------------------------------------------
+    @property
+    def unfrozen(self) -> bool:
+        return "mu_delta" in self._parameters
+
+    def unfreeze(self) -> None:
+        if not self.unfrozen:
+            device = self.mu.device
+            for name in self._OFFSETS:
+                shape = (self.num_channels,) if name == "mu_delta" else (self.num_channels,) * 2
+                self.register_parameter(name, nn.Parameter(torch.zeros(shape, device=device)))
+            for name in self._BASES:
+                self.register_buffer(name, torch.zeros(0, device=device), persistent=False)
+            self._rebase()
+        for param in self.parameters():
+            param.requires_grad_(True)
+
+    def freeze(self) -> None:
+        if self.unfrozen:
+            self._sync_buffers()
+            for name in self._OFFSETS:
+                del self._parameters[name]
+            for name in self._BASES:
+                del self._buffers[name]
+        super().freeze()
+
+    def _rebase(self) -> None:
+        """Make the current buffers the base of zero offsets."""
+        with torch.no_grad():
+            work = self.cov.detach().to(stat_dtype(self.cov.device))
+            std = torch.sqrt(torch.clamp(torch.diagonal(work), min=1e-24))
+            corr = work / torch.outer(std, std)
+            corr = 0.5 * (corr + corr.T)
+            chol, info = torch.linalg.cholesky_ex(corr)
+            if int(info) != 0:  # not positive definite: nudge the diagonal
+                chol = torch.linalg.cholesky(
+                    corr + 1e-6 * torch.eye(corr.shape[0], dtype=corr.dtype, device=corr.device)
+                )
+            self._buffers["_mu0"] = self.mu.detach().clone()
+            self._buffers["_std"] = std.to(self.mu.dtype)
+            self._buffers["_chol0"] = chol.to(self.mu.dtype)
+            for name in self._OFFSETS:
+                getattr(self, name).zero_()
+
+    def _effective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, cov, cov_inv) from the base and the offsets, differentiable in the offsets."""
+        std = self._std
+        factor = self._chol0 + torch.tril(self.chol_delta)
+        mu = self._mu0 + std * self.mu_delta
+        cov = (factor @ factor.T) * torch.outer(std, std)
+        inv = torch.cholesky_inverse(factor.to(stat_dtype(factor.device))).to(factor.dtype)
+        inv = inv / torch.outer(std, std)
+        return mu, cov, inv
+
+    def _sync_buffers(self) -> None:
+        with torch.no_grad():
+            mu, cov, inv = self._effective()
+            self.mu.copy_(mu)
+            self.cov.copy_(cov)
+            self.cov_inv.copy_(inv)
+
+    @staticmethod
+    def _report_effective_state(
+        module: RXGlobal, state_dict: dict, prefix: str, local_metadata: dict
+    ) -> None:
+        if not module.unfrozen:
+            return
+        with torch.no_grad():
+            mu, cov, inv = module._effective()
+        state_dict[prefix + "mu"] = mu.detach().clone()
+        state_dict[prefix + "cov"] = cov.detach().clone()
+        state_dict[prefix + "cov_inv"] = inv.detach().clone()
+        for name in module._OFFSETS:
+            state_dict.pop(prefix + name, None)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
+    ):
+        before = len(missing_keys)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
+        )
+        for name in self._OFFSETS:
+            if prefix + name in missing_keys[before:]:
+                missing_keys.remove(prefix + name)
+        if self.unfrozen and prefix + "cov" in state_dict:
+            self._rebase()
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def current_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, inverse) used by forward."""
+        if self.unfrozen:
+            mu, cov, inv = self._effective()
+            with torch.no_grad():  # keep the buffers current (what inspection and checkpoints see)
+                self.mu.copy_(mu)
+                self.cov.copy_(cov)
+                self.cov_inv.copy_(inv)
+            return mu, inv
+        if self.cov.requires_grad:  # TRAINABLE_BUFFERS made parameters by other means: derive the inverse
             inv = regularized_inverse(self.cov)
             with torch.no_grad():
                 self.cov_inv.copy_(inv.detach())
-            return inv
+            return self.mu, inv
         if self.cache_inverse:
-            return self.cov_inv
-        return regularized_inverse(self.cov)
+            return self.mu, self.cov_inv
+        return self.mu, regularized_inverse(self.cov)
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         x = check_bhwc(self, "data", require_input(self, inputs, "data"), self.num_channels)
         self.require_fitted()
-        inverse = self.current_inverse()
-        centred = flatten_pixels(x) - self.mu
-        scores = mahalanobis(centred, inverse)
+        mu, inverse = self.current_statistics()
+        scores = mahalanobis(flatten_pixels(x) - mu, inverse)
         return {"scores": scores.reshape(*x.shape[:3], 1)}
 
 

@@ -67,8 +67,9 @@ class Port:
     shape: tuple[int | str, ...]
     optional: bool = False
     description: str = ""
-    # "tensor": one tensor of ``dtype``/``shape``. "metrics": a ``dict[str, Tensor]`` of 0-d tensors of ``dtype``
-    # (``shape`` is ``()``); trainers log each entry as ``<node_name>/<key>``, Inference reports them as metrics.
+    # "tensor": one tensor of ``dtype``/``shape``. "metrics": a ``dict[str, Tensor]`` of 0-d tensors of
+    # ``dtype`` (``shape`` is ``()``); trainers log each entry as ``<node_name>/<key>``, Inference reports
+    # them as metrics.
     kind: str = "tensor"
 
     def __post_init__(self) -> None:

@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._common import SCORE_SHAPE, StreamingMoments, check_rank, copy_into, float_param, iter_port, require_input
+from ._common import (
+    StreamingMoments,
+    check_rank,
+    copy_into,
+    float_param,
+    iter_port,
+    require_input,
+)
 from .base import Node, Port, register
 
 

@@ -34,7 +34,9 @@ class HyperspectralInput(Node):
 
     INPUTS: ClassVar[dict[str, Port]] = {
         "cube": Port("any", ("B", "H", "W", "C"), description="hyperspectral cube, any numeric dtype"),
-        "mask": Port("any", ("B", "H", "W"), optional=True, description="class-id mask ([B,H,W] or [B,H,W,1])"),
+        "mask": Port(
+            "any", ("B", "H", "W"), optional=True, description="class-id mask ([B,H,W] or [B,H,W,1])"
+        ),
         "wavelengths": Port("any", ("B", "C"), optional=True, description="band centres in nm, [B,C] or [C]"),
     }
     OUTPUTS: ClassVar[dict[str, Port]] = {
@@ -69,7 +71,9 @@ class HyperspectralInput(Node):
             if mask.dim() == 2 and cube.shape[0] == 1:
                 mask = mask.unsqueeze(0)
             if tuple(mask.shape) != tuple(cube.shape[:3]):
-                raise bad_input(self, "mask", f"has shape {tuple(mask.shape)}, expected {tuple(cube.shape[:3])}")
+                raise bad_input(
+                    self, "mask", f"has shape {tuple(mask.shape)}, expected {tuple(cube.shape[:3])}"
+                )
             out["mask"] = self._anomaly_mask(mask.to(cube.device)).unsqueeze(-1)
 
         wavelengths = inputs.get("wavelengths")
@@ -78,7 +82,9 @@ class HyperspectralInput(Node):
                 wavelengths = wavelengths[0]
             if wavelengths.dim() != 1 or wavelengths.shape[0] != cube.shape[-1]:
                 raise bad_input(
-                    self, "wavelengths", f"has shape {tuple(wavelengths.shape)}, expected [{cube.shape[-1]}] or [B,C]"
+                    self,
+                    "wavelengths",
+                    f"has shape {tuple(wavelengths.shape)}, expected [{cube.shape[-1]}] or [B,C]",
                 )
             out["wavelengths"] = wavelengths.to(device=cube.device, dtype=torch.float32)
         return out

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from cuvis_cluster.errors import FailedPrecondition
+
 from ._common import (
     BHWC,
     StreamingMoments,
@@ -21,7 +23,6 @@ from ._common import (
     with_channels,
 )
 from .base import Node, Port, register
-from cuvis_cluster.errors import FailedPrecondition
 
 
 @register

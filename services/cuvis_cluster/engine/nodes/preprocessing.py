@@ -49,7 +49,9 @@ class BandpassByWavelength(Node):
             wl = wl[0]
         if wl.dim() != 1 or wl.shape[0] != data.shape[-1]:
             raise bad_input(
-                self, "wavelengths", f"has shape {tuple(wl.shape)}; expected [{data.shape[-1]}] to match the data"
+                self,
+                "wavelengths",
+                f"has shape {tuple(wl.shape)}; expected [{data.shape[-1]}] to match the data",
             )
         keep = self.band_mask(wl).to(data.device)
         if not bool(keep.any()):

@@ -1,0 +1,494 @@
+"""ResolveConfig: Hydra composition of the configs tree, with overrides, into a validated JSON-able dict.
+
+Resolution of ``path`` for ``config_type``:
+
+1. ``.yaml`` is added when the name has no YAML suffix. A relative path is looked up in the session's
+   search paths in order, as given and under ``<config_type>/``; the first match wins. An absolute path
+   must lie inside a search path or an allowed root. Symlinks are resolved before the check.
+2. The search path where the file was found is the Hydra root, and the relative path without suffix is
+   the ``config_name``, so defaults lists across the groups (``/data@data: lentils_synthetic``) work.
+   When the file sits directly in a group directory that is itself the search path (the upstream
+   clients add ``configs/trainrun`` etc.), the group's parent becomes the root.
+3. Overrides are applied once, by Hydra's ``compose``. Name-addressed node overrides
+   (``pipeline.nodes.<node_name>.params.<param>=<value>``, also ``.hparams.``) are first translated to
+   the list index Hydra understands; a param the YAML does not set yet is added (``++``).
+4. A trainrun whose ``pipeline`` is a path (relative to the trainrun file) gets that pipeline composed
+   (with the ``pipeline.*`` overrides) and inlined, so the result is self-contained.
+5. The result is validated with the pydantic model of ``config_type``.
+
+Hydra's ``GlobalHydra`` is process-wide, so every compose runs under one module lock and clears it.
+Errors: a missing file -> NotFound; a path outside the roots -> PermissionDenied; ``..`` in a relative
+path, Hydra/YAML/override errors and validation failures -> InvalidArgument naming the field path.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from cuvis_cluster.engine import schemas
+from cuvis_cluster.errors import CuvisError, InvalidArgument, NotFound, PermissionDenied
+
+GROUPS = ("pipeline", "trainrun", "data", "training")
+_HYDRA_LOCK = threading.Lock()
+# ``nodes.<name>[.rest]=value`` (modifiers already split off)
+_NODE_OVERRIDE = re.compile(r"^nodes\.(?P<node>[^.=\[\]]+)(?P<rest>\.[^=]*)?(?P<value>=.*)?$", re.S)
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# locating files
+# ---------------------------------------------------------------------------------------------------------
+def _inside(real: Path, dirs: Iterable[Path]) -> bool:
+    for d in dirs:
+        try:
+            base = d.resolve()
+        except OSError:
+            continue
+        if real == base or real.is_relative_to(base):
+            return True
+    return False
+
+
+def _with_suffix(text: str) -> Path:
+    p = Path(text)
+    return p if p.suffix in _YAML_SUFFIXES else p.with_name(p.name + ".yaml")
+
+
+def locate(
+    config_type: str, path: str, search_paths: Sequence[Path], roots: Sequence[Path]
+) -> tuple[Path, str, Path]:
+    """(Hydra root, config_name, real file) for ``path``; see the module docstring."""
+    text = (path or "").strip()
+    if not text:
+        raise InvalidArgument("path: a config path is required", field="path")
+    if "\x00" in text:
+        raise InvalidArgument("path: contains a NUL byte", field="path")
+    allowed = [*search_paths, *roots]
+    wanted = _with_suffix(text)
+    if wanted.is_absolute():
+        real = wanted.resolve()
+        if not _inside(real, allowed):
+            raise PermissionDenied(
+                f"path: {text!r} lies outside the session's search paths and the allowed roots", field="path"
+            )
+        if not real.is_file():
+            raise NotFound(f"config {text!r} not found", field="path")
+        base = next(Path(d).resolve() for d in allowed if _inside(real, [d]))
+        return _hydra_root(base, real.relative_to(base), allowed, real)
+    if ".." in wanted.parts:
+        raise InvalidArgument(f"path: {text!r} must not contain '..'", field="path")
+    candidates = [wanted]
+    if config_type in GROUPS and wanted.parts[0] != config_type:
+        candidates.append(Path(config_type) / wanted)
+    for base in search_paths:
+        for rel in candidates:
+            file = base / rel
+            if not file.is_file():
+                continue
+            real = file.resolve()
+            if not _inside(real, allowed):
+                raise PermissionDenied(
+                    f"path: {text!r} resolves (through a symlink) outside the allowed roots", field="path"
+                )
+            return _hydra_root(base, rel, allowed, real)
+    shown = ", ".join(str(p) for p in search_paths) or "(none)"
+    raise NotFound(f"config {text!r} ({config_type}) not found in the search paths: {shown}", field="path")
+
+
+def _hydra_root(base: Path, rel: Path, allowed: Sequence[Path], real: Path) -> tuple[Path, str, Path]:
+    base = base.absolute()
+    # A search path that *is* a group directory (configs/trainrun): compose from its parent so that the
+    # cross-group defaults (/data@data: ...) resolve.
+    if len(rel.parts) == 1 and base.name in GROUPS and _inside(base.parent.resolve(), allowed):
+        rel = Path(base.name) / rel
+        base = base.parent
+    return base, rel.with_suffix("").as_posix(), real
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hydra
+# ---------------------------------------------------------------------------------------------------------
+def _first_lines(exc: BaseException, n: int = 3) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(line.strip() for line in text.splitlines()[:n] if line.strip())
+
+
+def compose(root: Path, config_name: str, overrides: Sequence[str], what: str) -> dict[str, Any]:
+    """One Hydra compose under the module lock; any Hydra/YAML/override error -> InvalidArgument."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    with _HYDRA_LOCK:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(root), version_base=None, job_name="cuvis_resolve"):
+                cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            data = OmegaConf.to_container(cfg, resolve=True)
+        except CuvisError:
+            raise
+        except Exception as exc:  # hydra.errors.*, omegaconf errors, yaml errors
+            raise InvalidArgument(
+                f"{what}: {_first_lines(exc)}", field="overrides" if overrides else "path"
+            ) from None
+        finally:
+            GlobalHydra.instance().clear()
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{what}: the config is not a mapping", field="path")
+    return data
+
+
+_OVERRIDE_PARTS = re.compile(r"^(?P<mods>[+~]{0,2})(?P<key>[^=]*)(?P<rest>=.*)?$", re.S)
+
+
+def _split(override: str) -> tuple[str, str, str]:
+    """(modifiers, key, "=value" or "") of one override."""
+    m = _OVERRIDE_PARTS.match(override)
+    assert m is not None
+    return m.group("mods"), m.group("key").strip(), m.group("rest") or ""
+
+
+def _check_overrides(overrides: Iterable[str]) -> list[str]:
+    out = []
+    for i, item in enumerate(overrides):
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidArgument(f"overrides[{i}]: empty override", field=f"overrides.{i}")
+        item = item.strip()
+        mods, key, rest = _split(item)
+        if not key or (not rest and not mods.startswith("~")):
+            raise InvalidArgument(
+                f"overrides[{i}]: {item!r} is not of the form key=value", field=f"overrides.{i}"
+            )
+        out.append(item)
+    return out
+
+
+def _is_group_override(key: str) -> bool:
+    return "/" in key or "@" in key
+
+
+_TRAINER_FIELDS = set(schemas.TrainerConfig.model_fields)
+_TRAINING_FIELDS = set(schemas.TrainingConfig.model_fields)
+_TRAINRUN_FIELDS = set(schemas.TrainRunConfig.model_fields)
+
+
+def _normalize(kind: str, override: str) -> str:
+    """An override key made relative to the config's own content, upstream spellings mapped.
+
+    ``training.optimizer.lr`` on a training config drops the ``training.`` prefix; the flat upstream trainer
+    keys (``max_epochs``, ``training.max_epochs``) move under ``trainer``; on a trainrun, bare training keys
+    (``seed``, ``optimizer.lr``) move under ``training``.
+    """
+    mods, key, rest = _split(override)
+    if _is_group_override(key):
+        return override
+    parts = key.split(".")
+    if kind != "trainrun" and len(parts) > 1 and parts[0] == kind:
+        parts = parts[1:]
+    if kind == "training":
+        if parts[0] in _TRAINER_FIELDS and parts[0] not in _TRAINING_FIELDS:
+            parts = ["trainer", *parts]
+    elif kind == "trainrun":
+        if parts[0] not in _TRAINRUN_FIELDS:
+            if parts[0] in _TRAINER_FIELDS:
+                parts = ["training", "trainer", *parts]
+            elif parts[0] in _TRAINING_FIELDS:
+                parts = ["training", *parts]
+        elif parts[0] == "training" and len(parts) > 1 and parts[1] in _TRAINER_FIELDS - _TRAINING_FIELDS:
+            parts = ["training", "trainer", *parts[1:]]
+    return f"{mods}{'.'.join(parts)}{rest}"
+
+
+def _field_target(annotation: Any) -> Any:
+    """The model class, ``dict`` or ``("list", item)`` an annotation leads to (None for leaves)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _field_target(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _field_target(arg)
+            if found is not None:
+                return found
+        return None
+    if origin is list:
+        args = typing.get_args(annotation)
+        item = _field_target(args[0]) if args else None
+        return ("list", item) if item is not None else None
+    if annotation is dict or origin is dict:
+        return dict
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def schema_knows(kind: str, parts: Sequence[str]) -> bool:
+    """Whether the dotted path is a field of the config model of ``kind`` (anything under a dict field)."""
+    current: Any = schemas.CONFIG_MODELS.get(kind)
+    for i, part in enumerate(parts):
+        if current is dict:
+            return True
+        if isinstance(current, tuple):
+            if not part.isdigit():
+                return False
+            current = current[1]
+            if i == len(parts) - 1:
+                return True
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return False
+        field = current.model_fields.get(part)
+        if field is None:
+            return False
+        if i == len(parts) - 1:
+            return True
+        current = _field_target(field.annotation)
+    return True
+
+
+def _to_hydra(kind: str, override: str, package: Sequence[str]) -> str:
+    """The override as Hydra needs it: the config's package prepended, ``++`` for known schema fields.
+
+    ``++`` (set or add) lets every documented field be overridden even when the YAML leaves it at its
+    default; unknown keys stay plain, so Hydra (or validation) reports them.
+    """
+    mods, key, rest = _split(override)
+    if _is_group_override(key):
+        return override
+    parts = key.split(".")
+    if mods == "" and len(parts) > 1 and schema_knows(kind, parts):
+        mods = "++"
+    return f"{mods}{'.'.join([*package, *parts])}{rest}"
+
+
+def _package(file: Path, config_name: str) -> list[str]:
+    """Where Hydra puts the primary config's content: its ``# @package`` header, else its group path."""
+    group = config_name.split("/")[:-1]
+    header = None
+    try:
+        with file.open(encoding="utf-8") as fh:
+            for line in fh:
+                text = line.strip()
+                if not text:
+                    continue
+                if not text.startswith("#"):
+                    break
+                m = re.match(r"#\s*@package\s+(\S+)", text)
+                if m:
+                    header = m.group(1)
+                    break
+    except (OSError, UnicodeDecodeError):
+        return group
+    if header is None or header == "_group_":
+        return group
+    if header == "_global_":
+        return []
+    header = header.removeprefix("_global_.").replace("_group_", ".".join(group))
+    return [p for p in header.split(".") if p]
+
+
+def _unwrap(data: dict[str, Any], package: Sequence[str], what: str) -> dict[str, Any]:
+    for part in package:
+        inner = data.get(part) if isinstance(data, dict) else None
+        if inner is None:
+            return {}
+        if not isinstance(inner, dict):
+            raise InvalidArgument(f"{what}: expected a mapping under {'.'.join(package)}", field="path")
+        data = inner
+    return data
+
+
+def _is_named_node(override: str) -> bool:
+    _, key, rest = _split(override)
+    m = _NODE_OVERRIDE.match(key + rest)
+    return m is not None and not m.group("node").isdigit()
+
+
+def translate_node_overrides(overrides: Sequence[str], nodes: Any, where: str) -> list[str]:
+    """Map ``nodes.<name>.…`` overrides (keys relative to a pipeline) to ``nodes.<index>.…``."""
+    out = []
+    node_list = nodes if isinstance(nodes, list) else []
+    names = [n.get("name") if isinstance(n, dict) else None for n in node_list]
+    for item in overrides:
+        mods, key, rest = _split(item)
+        m = _NODE_OVERRIDE.match(key + rest)
+        if m is None or m.group("node").isdigit():
+            out.append(item)
+            continue
+        name = m.group("node")
+        if name not in names:
+            known = ", ".join(str(n) for n in names) or "(none)"
+            raise InvalidArgument(
+                f"overrides: {where}nodes.{name}: no node named {name!r}; nodes: {known}", field="overrides"
+            )
+        index = names.index(name)
+        entry = node_list[index]
+        tail = m.group("rest") or ""
+        parts = tail.split(".")[1:] if tail else []
+        if parts and parts[0] in ("params", "hparams"):
+            present = "params" if "params" in entry else ("hparams" if "hparams" in entry else None)
+            parts[0] = present or "params"
+            container = entry.get(present) if present else None
+            exists = isinstance(container, dict) and (len(parts) < 2 or parts[1] in container)
+            if not exists and mods == "":
+                mods = "++"
+        elif parts and parts[0] in ("type", "class_name"):
+            parts[0] = "type" if "type" in entry else ("class_name" if "class_name" in entry else "type")
+        suffix = "." + ".".join(parts) if parts else ""
+        out.append(f"{mods}nodes.{index}{suffix}{rest}")
+    return out
+
+
+def _read_yaml(file: Path) -> Any:
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InvalidArgument(f"{file.name}: not valid YAML: {_first_lines(exc, 2)}", field="path") from None
+
+
+def _compose_content(
+    kind: str, root: Path, name: str, file: Path, overrides: Sequence[str], what: str
+) -> dict[str, Any]:
+    """Compose one config with overrides relative to its content; returns the (unwrapped) content."""
+    package = _package(file, name)
+
+    def run(ovrs: Sequence[str]) -> dict[str, Any]:
+        composed = compose(root, name, [_to_hydra(kind, o, package) for o in ovrs], what)
+        return _unwrap(composed, package, what)
+
+    named = [o for o in overrides if kind == "pipeline" and _is_named_node(o)]
+    plain = [o for o in overrides if o not in named]
+    data = run(plain)
+    if named:
+        data = run([*plain, *translate_node_overrides(named, data.get("nodes"), "pipeline.")])
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the entry point
+# ---------------------------------------------------------------------------------------------------------
+def resolve(
+    config_type: str,
+    path: str,
+    overrides: Sequence[str] | None,
+    search_paths: Sequence[Path],
+    roots: Sequence[Path],
+) -> dict[str, Any]:
+    """Resolve, compose, inline and validate; returns the model's JSON form."""
+    kind = (config_type or "").strip().lower()
+    if kind not in GROUPS:
+        raise InvalidArgument(
+            f"config_type: {config_type!r} cannot be resolved; use one of {', '.join(GROUPS)}",
+            field="config_type",
+        )
+    ovrs = [_normalize(kind, o) for o in _check_overrides(overrides or [])]
+    root, name, file = locate(kind, path, search_paths, roots)
+    what = f"{kind} config {name!r}"
+    if kind == "trainrun":
+        data = _resolve_trainrun(root, name, file, ovrs, search_paths, roots, what)
+    else:
+        data = _compose_content(kind, root, name, file, ovrs, what)
+    model = schemas.validate(kind, data)
+    return schemas.dump(model)
+
+
+def _resolve_trainrun(
+    root: Path,
+    name: str,
+    file: Path,
+    overrides: Sequence[str],
+    search_paths: Sequence[Path],
+    roots: Sequence[Path],
+    what: str,
+) -> dict[str, Any]:
+    package = _package(file, name)
+
+    def run(ovrs: Sequence[str]) -> dict[str, Any]:
+        composed = compose(root, name, [_to_hydra("trainrun", o, package) for o in ovrs], what)
+        return _unwrap(composed, package, what)
+
+    pipeline_ovrs = [o for o in overrides if _split(o)[1].startswith("pipeline.")]
+    plain = [o for o in overrides if o not in pipeline_ovrs]
+    data = run(plain)
+    pipeline = data.get("pipeline")
+    if isinstance(pipeline, dict):
+        if pipeline_ovrs:
+            inner = [_strip_prefix(o, "pipeline") or o for o in pipeline_ovrs]
+            named = [o for o in inner if _is_named_node(o)]
+            mapping = dict(
+                zip(named, translate_node_overrides(named, pipeline.get("nodes"), "pipeline."), strict=True)
+            )
+            data = run([*plain, *(_add_prefix(mapping.get(o, o), "pipeline") for o in inner)])
+    elif isinstance(pipeline, str):
+        ref_file = _find_pipeline_ref(pipeline, file, search_paths, roots)
+        inner = [_strip_prefix(o, "pipeline") or o for o in pipeline_ovrs]
+        data["pipeline"] = _compose_content(
+            "pipeline",
+            ref_file.parent,
+            ref_file.stem,
+            ref_file,
+            inner,
+            f"pipeline {pipeline!r} (referenced by {name})",
+        )
+    elif pipeline_ovrs:
+        raise InvalidArgument(
+            f"overrides: {pipeline_ovrs[0]!r} targets the pipeline, but {name!r} has none", field="overrides"
+        )
+    return data
+
+
+def _strip_prefix(override: str, prefix: str) -> str | None:
+    """``override`` without the leading ``prefix.`` of its key, or None when the key lacks it."""
+    mods, key, rest = _split(override)
+    if key.startswith(prefix + "."):
+        return f"{mods}{key[len(prefix) + 1 :]}{rest}"
+    return None
+
+
+def _add_prefix(override: str, prefix: str) -> str:
+    mods, key, rest = _split(override)
+    return f"{mods}{prefix}.{key}{rest}"
+
+
+def _find_pipeline_ref(
+    ref: str, trainrun_file: Path, search_paths: Sequence[Path], roots: Sequence[Path]
+) -> Path:
+    """The pipeline file a trainrun's ``pipeline: <path>`` names (relative to the trainrun file first)."""
+    allowed = [*search_paths, *roots]
+    if not ref.strip():
+        raise InvalidArgument("pipeline: empty pipeline reference", field="pipeline")
+    wanted = _with_suffix(ref.strip())
+    if wanted.is_absolute():
+        candidates = [wanted]
+    else:
+        here = trainrun_file.parent
+        candidates = [here / wanted, here.parent / wanted]
+        for base in search_paths:
+            candidates += [Path(base) / wanted, Path(base) / "pipeline" / wanted]
+    # upstream's last resort: the <stem>_pipeline.yaml that SaveTrainRun writes next to the trainrun
+    candidates.append(trainrun_file.with_name(f"{trainrun_file.stem}_pipeline.yaml"))
+    for cand in candidates:
+        if cand.is_file():
+            real = cand.resolve()
+            if not _inside(real, allowed):
+                raise PermissionDenied(f"pipeline: {ref!r} lies outside the allowed roots", field="pipeline")
+            return real
+    raise NotFound(
+        f"pipeline: the referenced pipeline {ref!r} was not found (looked next to {trainrun_file.name} "
+        "and in the search paths)",
+        field="pipeline",
+    )
+
+
+def load_yaml_config(file: Path) -> Any:
+    """Plain YAML read for files that are not composed (saved pipelines, restore)."""
+    return _read_yaml(file)

@@ -1,0 +1,72 @@
+"""Where a new session goes. A small seam: pass another :class:`PlacementPolicy` to the router."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One registered worker instance as the gateway last saw it in Redis."""
+
+    instance: str
+    address: str
+    capacity: int = 0
+    sessions: int = 0
+    device: str = "cpu"
+    device_free: int = 0
+    device_total: int = 0
+    draining: bool = False
+    version: str = ""
+    updated_ms: int = 0
+    started_ms: int = 0
+
+    @property
+    def has_room(self) -> bool:
+        return self.sessions < self.capacity
+
+
+class NoWorker(Exception):
+    """Placement failed; ``code`` and ``reason`` (a metrics label) say why."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+class PlacementPolicy:
+    """Least loaded first: fewest sessions, then most free device memory; ties rotate.
+
+    Only live, non-draining workers with a free session slot are candidates. No candidates although
+    workers exist: RESOURCE_EXHAUSTED; no workers at all: UNAVAILABLE.
+    """
+
+    def __init__(self) -> None:
+        self._turn = itertools.count()
+
+    def candidates(self, workers: Sequence[WorkerInfo]) -> list[WorkerInfo]:
+        return [w for w in workers if not w.draining and w.has_room]
+
+    def choose(self, workers: Sequence[WorkerInfo]) -> WorkerInfo:
+        if not workers:
+            raise NoWorker(grpc.StatusCode.UNAVAILABLE, "no_workers", "no worker is registered with the cluster")
+        pool = self.candidates(workers)
+        if not pool:
+            draining = sum(1 for w in workers if w.draining)
+            full = len(workers) - draining
+            raise NoWorker(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "no_capacity",
+                f"no worker can take a new session: {full} at their session limit, {draining} draining "
+                f"(of {len(workers)} workers); close idle sessions or add workers",
+            )
+        best = min((w.sessions, -w.device_free) for w in pool)
+        tied = [w for w in pool if (w.sessions, -w.device_free) == best]
+        tied.sort(key=lambda w: w.instance)
+        return tied[next(self._turn) % len(tied)]

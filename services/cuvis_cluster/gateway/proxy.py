@@ -1,0 +1,703 @@
+"""Cut-through gRPC forwarding: one :class:`Call` pairs a client stream with a worker stream.
+
+A call goes through three phases:
+
+1. **Head.** The request HEADERS give the method (``:path``). The :class:`Router` says what the
+   call needs: nothing (session-less, placement, local services) or the value of a request field
+   (the session id).
+2. **Scan.** Request DATA is fed to a :class:`~cuvis_cluster.gateway.scan.FieldScanner` and kept
+   (as memoryviews of the receive slabs) until the field is known, usually within the first DATA
+   frame. The router then answers from its cache at once, or after one Redis round trip.
+3. **Forward.** A stream is opened on a pooled connection to the chosen worker; what was kept is
+   sent, and from then on every DATA piece is forwarded as it arrives. Client bytes are credited back
+   to the client (WINDOW_UPDATE) only once written towards the worker, so the worker's pace limits the
+   client end to end. Responses travel the other way the same way.
+
+Errors that the gateway itself decides are sent as trailers-only responses with a percent-encoded
+``grpc-message``; the worker's own statuses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from cuvis_cluster.gateway import grpcwire
+from cuvis_cluster.gateway.h2link import CANCEL, NO_ERROR, REFUSED_STREAM, Leg, Link, SlabPool
+from cuvis_cluster.gateway.scan import FieldScanner, ScanError
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+CONNECT_TIMEOUT = 5.0
+
+# RST_STREAM codes from a worker, as the status the client should see (gRPC HTTP/2 spec).
+_RST_STATUS = {
+    NO_ERROR: grpc.StatusCode.INTERNAL,
+    REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
+    CANCEL: grpc.StatusCode.CANCELLED,
+}
+
+
+class GatewayError(Exception):
+    """A status the gateway answers with itself."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a call goes and what the worker must be told."""
+
+    address: str
+    instance: str = ""
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    local: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the router needs before it can route a call."""
+
+    method: str  # short label for metrics, e.g. "Inference"
+    field_number: int = 0  # request field to scan for (0: route on headers alone)
+    field_name: str = "session_id"
+    resolve: Callable[[Call, str], Route | Awaitable[Route]] | None = None
+    route: Route | None = None  # decided from the headers alone
+    error: GatewayError | None = None
+    after: Callable[[Call, int, str], None] | None = None  # sees the final status
+    scan_response: int = 0  # response field to read (session id of CreateSession)
+    on_response_value: Callable[[Call, str], None] | None = None
+
+
+class Router:
+    """Interface the front end needs from the routing layer."""
+
+    def plan(self, call: Call) -> Plan:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def upstream_lost(self, route: Route, exc: BaseException | None) -> None:
+        """A worker connection failed (connect error or lost mid-call)."""
+
+
+class Upstreams:
+    """Pooled HTTP/2 connections to workers (and to the in-process local services)."""
+
+    def __init__(self, *, ssl_context: Any = None, server_name: str | None = None, pool: SlabPool) -> None:
+        self.ssl_context = ssl_context
+        self.server_name = server_name
+        self.pool = pool
+        self._links: dict[str, list[Link]] = {}
+        self._connecting: dict[str, asyncio.Future[Link]] = {}
+        self.on_lost: Callable[[str, BaseException | None], None] | None = None
+
+    def ready(self, address: str) -> Link | None:
+        for link in self._links.get(address, ()):
+            if link.can_open():
+                return link
+        return None
+
+    async def get(self, address: str) -> Link:
+        link = self.ready(address)
+        if link is not None:
+            return link
+        pending = self._connecting.get(address)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(address))
+            self._connecting[address] = pending
+            pending.add_done_callback(lambda _f: self._connecting.pop(address, None))
+        return await asyncio.shield(pending)
+
+    async def _connect(self, address: str) -> Link:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Link:
+            return Link(client_side=True, on_lost=self._lost, pool=self.pool, name=f"upstream {address}")
+
+        local = address.startswith("unix:")
+        try:
+            if local:
+                coro = loop.create_unix_connection(factory, address[5:])
+            else:
+                host, _, port = address.rpartition(":")
+                host = host.strip("[]")
+                ssl = self.ssl_context
+                coro = loop.create_connection(
+                    factory, host, int(port), ssl=ssl, server_hostname=(self.server_name or host) if ssl else None
+                )
+            _transport, link = await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise GatewayError(UNAVAILABLE, f"cannot connect to worker {address}: {_reason(exc)}") from None
+        link.extra["address"] = address
+        self._links.setdefault(address, []).append(link)
+        return link
+
+    def _lost(self, link: Link, exc: BaseException | None) -> None:
+        address = link.extra.get("address", "")
+        links = self._links.get(address)
+        if links and link in links:
+            links.remove(link)
+            if not links:
+                del self._links[address]
+        if self.on_lost is not None and address and not address.startswith("unix:"):
+            self.on_lost(address, exc)
+
+    def drop(self, address: str) -> None:
+        """Close every connection to ``address`` (its worker was declared lost)."""
+        for link in list(self._links.get(address, ())):
+            link.abort()
+
+    def close(self) -> None:
+        for links in list(self._links.values()):
+            for link in list(links):
+                link.close()
+
+
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection closed"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class CallStats:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Call:
+    """One forwarded RPC: the client leg ``down`` and, once routed, the worker leg ``up``."""
+
+    __slots__ = (
+        "buffered",
+        "closed",
+        "counted",
+        "deadline",
+        "deadline_handle",
+        "down",
+        "down_credited",
+        "down_ended",
+        "fe",
+        "headers",
+        "identity",
+        "method",
+        "path",
+        "plan",
+        "precredited",
+        "resp_scanner",
+        "response_started",
+        "route",
+        "scanner",
+        "session",
+        "stats",
+        "status",
+        "task",
+        "up",
+        "up_credited",
+        "value",
+    )
+
+    def __init__(self, fe: FrontEnd, down: Leg, headers: list[tuple[bytes, bytes]]) -> None:
+        self.fe = fe
+        self.down = down
+        self.up: Leg | None = None
+        self.headers = headers
+        self.path = b""
+        self.method = "unknown"
+        self.identity = ""
+        self.plan: Plan | None = None
+        self.route: Route | None = None
+        self.scanner: FieldScanner | None = None
+        self.resp_scanner: FieldScanner | None = None
+        self.buffered: list[memoryview] = []
+        self.precredited = 0
+        self.down_credited = 0
+        self.up_credited = 0
+        self.counted = False
+        self.down_ended = False
+        self.response_started = False
+        self.closed = False
+        self.status: int | None = None
+        self.deadline: float | None = None
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.session = ""
+        self.value = ""
+        self.stats = CallStats()
+
+    # -- header helpers --------------------------------------------------------------------------
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    # -- client leg events -----------------------------------------------------------------------
+    def leg_started(self, leg: Leg, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        try:
+            self._head(headers)
+        except GatewayError as exc:
+            self.fail(exc.code, exc.message)
+            return
+        if ended:
+            self.leg_end(leg)
+
+    def _head(self, headers: list[tuple[bytes, bytes]]) -> None:
+        method = path = ctype = None
+        for k, v in headers:
+            if k == b":path":
+                path = v
+            elif k == b":method":
+                method = v
+            elif k == b"content-type":
+                ctype = v
+            elif k == b"grpc-timeout":
+                timeout = grpcwire.parse_timeout(v)
+                if timeout is None:
+                    raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed grpc-timeout {v!r}")
+                self.deadline = time.monotonic() + timeout
+                self.deadline_handle = asyncio.get_running_loop().call_later(timeout, self._deadline_hit)
+        if method != b"POST" or path is None:
+            raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, "only gRPC (POST) requests are served")
+        if ctype is None or not ctype.startswith(b"application/grpc"):
+            raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, f"unsupported content-type {ctype!r}")
+        self.path = path
+        plan = self.fe.router.plan(self)
+        self.plan = plan
+        self.method = plan.method
+        self.fe.metrics_start(self)
+        if plan.error is not None:
+            raise plan.error
+        if plan.route is not None:
+            self._routed(plan.route)
+        elif plan.field_number:
+            encoding = self.header(b"grpc-encoding")
+            try:
+                self.scanner = FieldScanner(
+                    plan.field_number,
+                    encoding=encoding.decode("ascii", "replace") if encoding else None,
+                    field_name=plan.field_name,
+                )
+            except ScanError as exc:
+                raise GatewayError(exc.code, str(exc)) from None
+        else:
+            self._resolve("")
+
+    def leg_data(self, leg: Leg, mv: memoryview) -> None:
+        if leg is not self.down:
+            self._up_data(mv)
+            return
+        self.stats.bytes_in += len(mv)
+        if self.closed:
+            self._give_down(len(mv))
+            return
+        scanner = self.scanner
+        if scanner is not None:
+            deciding = not scanner.decided
+            try:
+                scanner.feed(mv)
+            except ScanError as exc:
+                self.fail(exc.code, str(exc))
+                return
+            if deciding:
+                # Until routed, let the client keep sending: the field may come late in the message.
+                self._give_down(len(mv))
+                self.precredited += len(mv)
+                self.buffered.append(mv)
+                if scanner.decided:
+                    self._field_known()
+                return
+        if self.up is not None:
+            self.up.send_data(mv)
+        else:
+            self.buffered.append(mv)
+
+    def leg_end(self, leg: Leg) -> None:
+        if leg is not self.down:
+            self._up_end()
+            return
+        self.down_ended = True
+        if self.closed:
+            return
+        if self.scanner is not None:
+            try:
+                self.scanner.finish()
+            except ScanError as exc:
+                self.fail(exc.code, str(exc))
+                return
+        if self.up is not None:
+            self.up.send_end()
+
+    def leg_reset(self, leg: Leg, code: int) -> None:
+        if leg is self.down:
+            # The client cancelled: cancel the worker's stream too.
+            self.status = grpc.StatusCode.CANCELLED.value[0]
+            if self.up is not None:
+                self.up.reset(CANCEL)
+            self._finish("client cancelled")
+            return
+        status = _RST_STATUS.get(code, grpc.StatusCode.INTERNAL)
+        if code == REFUSED_STREAM:
+            msg = f"worker {self._where()} refused the stream"
+        else:
+            msg = f"worker {self._where()} reset the stream (HTTP/2 error {code})"
+        self.fail(status, msg, reset_up=False)
+
+    def leg_lost(self, leg: Leg, exc: BaseException | None) -> None:
+        if leg is self.down:
+            if self.up is not None:
+                self.up.reset(CANCEL)
+            self.status = grpc.StatusCode.CANCELLED.value[0]
+            self._finish("client connection lost")
+            return
+        if self.route is not None:
+            self.fe.router.upstream_lost(self.route, exc)
+        self.fail(UNAVAILABLE, f"lost the connection to worker {self._where()} during the call: {_reason(exc)}")
+
+    # -- worker leg events -----------------------------------------------------------------------
+    def leg_headers(self, leg: Leg, headers: list[tuple[bytes, bytes]], end: bool, trailers: bool) -> None:
+        if self.closed:
+            return
+        if not trailers and not self.response_started:
+            self.response_started = True
+            out = [(k, v) for k, v in headers if k not in grpcwire.HOP_BY_HOP]
+            if end:  # trailers-only response from the worker
+                self._note_status(headers)
+                self.down.send_headers(out, end_stream=True)
+                self._after_response()
+                return
+            self.down.send_headers(out)
+            return
+        self._note_status(headers)
+        self.down.send_trailers([(k, v) for k, v in headers if k not in grpcwire.HOP_BY_HOP])
+        self._after_response()
+
+    def _up_data(self, mv: memoryview) -> None:
+        self.stats.bytes_out += len(mv)
+        if self.closed:
+            self._give_up(len(mv))
+            return
+        if self.resp_scanner is not None and not self.resp_scanner.decided:
+            try:
+                self.resp_scanner.feed(mv)
+                if self.resp_scanner.decided and self.plan and self.plan.on_response_value:
+                    self.plan.on_response_value(self, self.resp_scanner.value)
+            except ScanError:
+                self.resp_scanner = None
+        self.down.send_data(mv)
+
+    def _up_end(self) -> None:
+        # END_STREAM without trailers: not valid gRPC; report it as the spec asks.
+        if not self.closed:
+            self.fail(grpc.StatusCode.INTERNAL, f"worker {self._where()} ended the stream without a status")
+
+    def _note_status(self, headers: list[tuple[bytes, bytes]]) -> None:
+        for k, v in headers:
+            if k == b"grpc-status":
+                try:
+                    self.status = int(v)
+                except ValueError:
+                    self.status = grpc.StatusCode.UNKNOWN.value[0]
+                return
+        self.status = grpc.StatusCode.UNKNOWN.value[0]
+
+    def _after_response(self) -> None:
+        self.closed = True
+        if not self.down_ended and not self.down.remote_closed:
+            # The worker answered before the request finished: stop the upload.
+            self.down.reset(NO_ERROR)
+        self._finish("")
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _field_known(self) -> None:
+        assert self.scanner is not None
+        try:
+            value = self.scanner.value
+        except ScanError as exc:
+            self.fail(exc.code, str(exc))
+            return
+        self._resolve(value)
+
+    def _resolve(self, value: str) -> None:
+        self.value = value
+        plan = self.plan
+        assert plan is not None and plan.resolve is not None
+        try:
+            result = plan.resolve(self, value)
+        except GatewayError as exc:
+            self.fail(exc.code, exc.message)
+            return
+        if isinstance(result, Route):
+            self._routed(result)
+        else:
+            self.task = asyncio.ensure_future(self._resolve_async(result))
+
+    async def _resolve_async(self, pending: Awaitable[Route]) -> None:
+        try:
+            route = await pending
+        except GatewayError as exc:
+            self.fail(exc.code, exc.message)
+            return
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must become a status, not a hung call
+            log.exception("routing failed for %s", self.method)
+            self.fail(grpc.StatusCode.INTERNAL, f"gateway routing error: {type(exc).__name__}")
+            return
+        if not self.closed:
+            self._routed(route)
+
+    def _routed(self, route: Route) -> None:
+        if self.closed:
+            return
+        self.route = route
+        link = self.fe.upstreams.ready(route.address)
+        if link is not None:
+            self._open(link)
+        else:
+            self.task = asyncio.ensure_future(self._connect_then_open(route))
+
+    async def _connect_then_open(self, route: Route) -> None:
+        try:
+            link = await self.fe.upstreams.get(route.address)
+        except GatewayError as exc:
+            if not route.local:
+                self.fe.router.upstream_lost(route, None)
+            self.fail(exc.code, exc.message)
+            return
+        except asyncio.CancelledError:
+            return
+        if not self.closed:
+            self._open(link)
+
+    def _open(self, link: Link) -> None:
+        route = self.route
+        assert route is not None
+        headers = self._upstream_headers(route, link)
+        try:
+            up = link.open_stream(headers, self)
+        except Exception as exc:  # noqa: BLE001 - h2 refuses (too many streams, closing): try later
+            self.fail(UNAVAILABLE, f"cannot open a stream to worker {route.address}: {exc}")
+            return
+        self.up = up
+        up.on_sent = self._credit_down
+        self.down.on_sent = self._credit_up
+        if self.plan is not None and self.plan.scan_response:
+            self.resp_scanner = FieldScanner(self.plan.scan_response)
+        buffered, self.buffered = self.buffered, []
+        for mv in buffered:
+            up.send_data(mv)
+        if self.down_ended:
+            up.send_end()
+
+    def _upstream_headers(self, route: Route, link: Link) -> list[tuple[bytes, bytes]]:
+        scheme = b"https" if link.ssl_object is not None else b"http"
+        out = [(b":method", b"POST"), (b":scheme", scheme), (b":path", self.path)]
+        rest = []
+        for k, v in self.headers:
+            if k[0] == 58:  # ':'
+                if k == b":authority":
+                    out.append((k, v))
+                continue
+            if k in grpcwire.HOP_BY_HOP or k.startswith(b"x-cuvis-") or k == b"authorization":
+                continue
+            if k == b"grpc-timeout":
+                continue
+            rest.append((k, v))
+        out.extend(rest)
+        out.append((b"te", b"trailers"))
+        if self.deadline is not None:
+            out.append((b"grpc-timeout", grpcwire.format_timeout(self.deadline - time.monotonic())))
+        out.extend(route.extra_headers)
+        return out
+
+    def _credit_down(self, n: int) -> None:
+        """``n`` client bytes left towards the worker: let the client send as much again."""
+        if self.precredited:
+            k = min(n, self.precredited)
+            self.precredited -= k
+            n -= k
+        if n:
+            self._give_down(n)
+
+    def _give_down(self, n: int) -> None:
+        room = self.stats.bytes_in - self.down_credited
+        n = min(n, room)
+        if n > 0:
+            self.down_credited += n
+            self.down.link.credit(self.down.sid, n)
+
+    def _credit_up(self, n: int) -> None:
+        self._give_up(n)
+
+    def _give_up(self, n: int) -> None:
+        up = self.up
+        if up is None:
+            return
+        room = self.stats.bytes_out - self.up_credited
+        n = min(n, room)
+        if n > 0:
+            self.up_credited += n
+            up.link.credit(up.sid, n)
+
+    # -- ending ----------------------------------------------------------------------------------
+    def _deadline_hit(self) -> None:
+        self.deadline_handle = None
+        if not self.closed:
+            self.fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded (enforced by the gateway)")
+
+    def fail(self, code: grpc.StatusCode, message: str, *, reset_up: bool = True) -> None:
+        """End the call with a status decided by the gateway."""
+        if self.closed:
+            return
+        self.closed = True
+        self.status = code.value[0]
+        if reset_up and self.up is not None:
+            self.up.reset(CANCEL)
+        down = self.down
+        if not down.closed:
+            down.queue.clear()
+            down.queued_bytes = 0
+            if self.response_started:
+                down.send_headers(grpcwire.trailers(code.value[0], message), end_stream=True)
+            else:
+                down.send_headers(grpcwire.trailers_only(code.value[0], message), end_stream=True)
+            if not down.remote_closed:
+                down.reset(NO_ERROR)
+        self._finish(message)
+
+    def _finish(self, message: str) -> None:
+        self.closed = True
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+            self.deadline_handle = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.buffered = []
+        # Request bytes that will never reach the worker still count against the client's connection
+        # window: give them back. (Response bytes still queued for the client are credited as sent.)
+        self._give_down(self.stats.bytes_in)
+        if not self.down.queue:
+            self._give_up(self.stats.bytes_out)
+        self.fe.call_done(self, message)
+
+    def _where(self) -> str:
+        r = self.route
+        if r is None:
+            return "?"
+        return f"{r.address} (instance {r.instance})" if r.instance else r.address
+
+
+class FrontEnd:
+    """Accepts client connections, runs calls, keeps metrics; knows nothing about Redis."""
+
+    def __init__(
+        self,
+        router: Router,
+        upstreams: Upstreams,
+        *,
+        metrics: Any = None,
+        pool: SlabPool | None = None,
+        identify: Callable[[Link, Call], str] | None = None,
+    ) -> None:
+        self.router = router
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.pool = pool or upstreams.pool
+        self.identify = identify
+        self.links: set[Link] = set()
+        self.calls: set[Call] = set()
+        self.accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._method_metrics: dict[str, tuple[Any, ...]] = {}
+
+    def protocol_factory(self) -> Link:
+        link = Link(client_side=False, on_request=self._on_request, on_lost=self._on_lost, pool=self.pool)
+        self.links.add(link)
+        return link
+
+    def _on_lost(self, link: Link, exc: BaseException | None) -> None:
+        self.links.discard(link)
+
+    def _on_request(self, link: Link, leg: Leg, headers: list[tuple[bytes, bytes]]) -> Call | None:
+        if not self.accepting:
+            return None
+        call = Call(self, leg, headers)
+        self.calls.add(call)
+        self._idle.clear()
+        return call
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _mm(self, method: str) -> tuple[Any, ...]:
+        mm = self._method_metrics.get(method)
+        if mm is None:
+            m = self.metrics
+            mm = (
+                m.in_flight.labels(method),
+                m.latency.labels(method),
+                m.bytes_in.labels(method),
+                m.bytes_out.labels(method),
+            )
+            self._method_metrics[method] = mm
+        return mm
+
+    def metrics_start(self, call: Call) -> None:
+        if self.metrics is not None and not call.counted:
+            call.counted = True
+            self._mm(call.method)[0].inc()
+
+    def call_done(self, call: Call, message: str) -> None:
+        if call not in self.calls:
+            return
+        self.calls.discard(call)
+        if not self.calls:
+            self._idle.set()
+        plan = call.plan
+        status = call.status if call.status is not None else grpc.StatusCode.UNKNOWN.value[0]
+        if plan is not None and plan.after is not None:
+            try:
+                plan.after(call, status, message)
+            except Exception:  # noqa: BLE001
+                log.exception("after-call hook failed")
+        if self.metrics is not None:
+            in_flight, latency, bytes_in, bytes_out = self._mm(call.method)
+            if call.counted:
+                in_flight.dec()
+            latency.observe(time.perf_counter() - call.stats.started)
+            if call.stats.bytes_in:
+                bytes_in.inc(call.stats.bytes_in)
+            if call.stats.bytes_out:
+                bytes_out.inc(call.stats.bytes_out)
+            self.metrics.requests.labels(call.method, grpcwire.CODE_NAME.get(status, "UNKNOWN")).inc()
+
+    def in_flight(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for call in self.calls:
+            counts[call.method] = counts.get(call.method, 0) + 1
+        return counts
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking calls, tell clients (GOAWAY), let running calls finish within ``grace``."""
+        self.accepting = False
+        for link in list(self.links):
+            link.goaway()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        for call in list(self.calls):
+            call.fail(UNAVAILABLE, "the gateway is shutting down")
+        for link in list(self.links):
+            link.close()

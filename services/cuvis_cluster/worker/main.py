@@ -1,0 +1,221 @@
+"""``cuvis-worker``: one process, one device, many sessions.
+
+Serves ``cuvis_ai.v1.CuvisAIService`` (plus ``grpc.health.v1``, reflection v1/v1alpha and Prometheus
+``/metrics``) over the engine. Without ``--redis-url`` it is a complete standalone server; with it, it
+also registers itself for routing by the gateways (:mod:`cuvis_cluster.worker.cluster`).
+
+Shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, no new sessions are accepted (draining), running
+calls and Train streams get ``--grace-seconds`` to finish, the worker deregisters, and every session is
+closed. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import uuid
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import cuvis_cluster
+from cuvis_cluster.common.serving import GrpcServer, ShutdownSignal, configure_logging
+from cuvis_cluster.common.settings import WorkerSettings
+from cuvis_cluster.common.telemetry import WorkerMetrics, serve_metrics
+from cuvis_cluster.wire.pb import SERVICE_NAME
+
+log = logging.getLogger("cuvis_cluster.worker")
+
+DESCRIPTION = "Hosts CUVIS.AI sessions and runs hyperspectral pipelines on one device (GPU or CPU)."
+
+
+def version() -> str:
+    try:
+        return importlib_metadata.version("cuvis-ai-cluster")
+    except importlib_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def bundled_configs_dir() -> Path:
+    """The ``configs/`` directory of the source tree this package was installed from (editable install)."""
+    return Path(cuvis_cluster.__file__).resolve().parents[2] / "configs"
+
+
+def resolve_configs_dir(configured: Path) -> Path:
+    """``configured`` when it exists; the relative default falls back to the bundled configs.
+
+    So ``cuvis-worker`` works from any working directory. An explicitly configured directory that
+    does not exist is an error rather than a silent fallback.
+    """
+    if configured.is_dir():
+        return configured.resolve()
+    if not configured.is_absolute() and configured == Path("configs"):
+        bundled = bundled_configs_dir()
+        if bundled.is_dir():
+            log.info("configs/ not found in %s; using the bundled configs at %s", Path.cwd(), bundled)
+            return bundled
+    raise SystemExit(f"cuvis-worker: configs directory {configured} does not exist (--configs-dir)")
+
+
+def engine_config(settings: WorkerSettings) -> Any:
+    from cuvis_cluster.engine.service import EngineConfig
+
+    output_dir = settings.output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return EngineConfig(
+        configs_dir=resolve_configs_dir(settings.configs_dir),
+        data_dir=settings.data_dir.resolve(),
+        output_dir=output_dir,
+        plugin_dirs=[p.resolve() for p in settings.plugin_dirs],
+        extra_roots=[p.resolve() for p in settings.extra_roots],
+        max_sessions=settings.max_sessions,
+        idle_timeout_seconds=settings.idle_timeout_seconds,
+        device=settings.device,
+        reap_interval_seconds=settings.reap_interval_seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# device and metrics
+
+
+def device_info(device: Any) -> dict[str, Any]:
+    """Name and memory of the engine's device; memory is 0 on CPU."""
+    import torch
+
+    info: dict[str, Any] = {"device": str(device), "name": "cpu", "free_bytes": 0, "total_bytes": 0}
+    if getattr(device, "type", "cpu") == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+        info.update(device=f"cuda:{index} ({name})", name=name, free_bytes=int(free), total_bytes=int(total))
+    return info
+
+
+def bind_metrics(metrics: WorkerMetrics, engine: Any, settings: WorkerSettings) -> None:
+    """Gauges read at scrape time: sessions, capacity, draining and (on CUDA) device memory."""
+    sessions = engine.sessions
+    metrics.sessions.set_function(lambda: sessions.count)
+    metrics.capacity.set(settings.max_sessions)
+    metrics.draining.set_function(lambda: 1.0 if sessions.draining else 0.0)
+    info = device_info(engine.device)
+    metrics.info.info(
+        {"version": version(), "device": info["device"], "python": platform.python_version()}
+    )
+    if info["total_bytes"]:
+        import torch
+
+        index = engine.device.index if engine.device.index is not None else torch.cuda.current_device()
+        metrics.device_memory.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(index))
+        metrics.device_memory.labels("reserved").set_function(lambda: torch.cuda.memory_reserved(index))
+        metrics.device_memory.labels("free").set_function(lambda: torch.cuda.mem_get_info(index)[0])
+        metrics.device_memory.labels("total").set(info["total_bytes"])
+    _count_expired_sessions(metrics, sessions)
+
+
+def _count_expired_sessions(metrics: WorkerMetrics, sessions: Any) -> None:
+    """Count sessions closed by the idle reaper.
+
+    The session manager reports closes without a reason; its reaper calls ``reap()``, which returns
+    the ids it closed, so the count is taken there.
+    """
+    reap = getattr(sessions, "reap", None)
+    if reap is None:
+        return
+
+    def counting_reap(*args: Any, **kwargs: Any) -> list[str]:
+        closed = reap(*args, **kwargs)
+        if closed:
+            metrics.sessions_expired.inc(len(closed))
+        return closed
+
+    sessions.reap = counting_reap
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = WorkerSettings.from_args(argv, prog="cuvis-worker", description=DESCRIPTION)
+    configure_logging(settings.log_level)
+    sys.exit(run(settings))
+
+
+def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> int:
+    from cuvis_cluster.engine.service import Engine
+    from cuvis_cluster.worker import servicer as servicer_module
+
+    shutdown = shutdown or ShutdownSignal.install()
+    instance_id = uuid.uuid4().hex
+    config = engine_config(settings)
+    engine = Engine(config)
+    engine.start()
+    log.info(
+        "engine ready on %s: configs %s, data %s, outputs %s, max %d sessions, idle timeout %.0fs",
+        engine.device,
+        config.configs_dir,
+        config.data_dir,
+        config.output_dir,
+        config.max_sessions,
+        config.idle_timeout_seconds,
+    )
+
+    metrics = WorkerMetrics()
+    bind_metrics(metrics, engine, settings)
+
+    membership = None
+    interceptors: list[Any] = []
+    cluster = None
+    if settings.redis_url:
+        from cuvis_cluster.worker import cluster  # the gateway issue's registration module
+
+        interceptors.append(cluster.fencing_interceptor(instance_id))
+
+    server = GrpcServer(
+        settings, metrics=metrics, interceptors=interceptors, max_workers=settings.max_workers, component="worker"
+    )
+    servicer = servicer_module.CuvisAIServicer(engine, metrics)
+    server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
+
+    if cluster is not None:
+        membership = cluster.ClusterMembership(
+            settings, engine.sessions, metrics, device_info(engine.device), instance_id=instance_id
+        )
+        control = cluster.WorkerControlServicer(membership, shutdown=shutdown)
+        server.add_service(control.SERVICE_NAME, control.add_to_server)
+
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("%s", exc)
+        engine.shutdown()
+        return 2
+    serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+    if membership is not None:
+        membership.start()
+    # One line that scripts and tests can wait for.
+    print(f"cuvis-worker ready on {server.address} pid {os.getpid()}", flush=True)
+
+    shutdown.wait()
+
+    def drain() -> None:
+        engine.sessions.set_draining(True)
+        if membership is not None:
+            membership.drain(settings.grace_seconds)
+
+    server.shutdown(settings.grace_seconds, before_stop=[drain], hurry=shutdown.hurry)
+    if membership is not None:
+        try:
+            membership.stop()  # deregister
+        except Exception:
+            log.exception("deregistration failed")
+    engine.shutdown()  # closes every session
+    log.info("cuvis-worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

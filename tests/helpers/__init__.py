@@ -1,0 +1,1 @@
+"""Shared test helpers (real processes, ports, health probes). Import as ``from helpers import procs``."""

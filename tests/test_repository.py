@@ -1,0 +1,71 @@
+"""Repository-level guarantees: layout, entry points, layering and lint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_top_level_layout_is_the_documented_one():
+    required = {
+        "services",
+        "proto",
+        "charts",
+        "k8s",
+        "configs",
+        "tests",
+        "docker",
+        "pyproject.toml",
+        "README.md",
+    }
+    optional = {"examples", "bench", "docs", ".ci", ".gitignore", ".dockerignore"}
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    top = {path.split("/", 1)[0] for path in tracked}
+    assert required <= top, f"missing: {sorted(required - top)}"
+    assert top <= required | optional, f"unexpected top-level entries: {sorted(top - required - optional)}"
+
+
+@pytest.mark.parametrize("script", ["cuvis-worker", "cuvis-gateway", "cuvis-cluster", "cuvis-ai"])
+def test_console_scripts_print_help(script):
+    result = subprocess.run([str(VENV_BIN / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout.lower()
+
+
+def _modules_after_import(module: str) -> set[str]:
+    code = f"import sys, {module}; print('\\n'.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    return set(out.stdout.split())
+
+
+def test_engine_is_protocol_free():
+    loaded = _modules_after_import("cuvis_cluster.engine.service")
+    assert not any(name == "grpc" or name.startswith("grpc.") for name in loaded)
+    assert not any(name.startswith("cuvis_cluster.wire") for name in loaded)
+
+
+def test_gateway_does_not_need_torch():
+    loaded = _modules_after_import("cuvis_cluster.gateway.main")
+    assert "torch" not in loaded
+
+
+def test_ruff_lint_and_format_are_clean():
+    targets = [p for p in ("services", "tests", "bench", "examples") if (ROOT / p).exists()]
+    lint = subprocess.run(
+        [str(VENV_BIN / "ruff"), "check", *targets], cwd=ROOT, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(VENV_BIN / "ruff"), "format", "--check", *targets], cwd=ROOT, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

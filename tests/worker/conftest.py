@@ -1,0 +1,48 @@
+"""Fixtures for tests that talk to a real ``cuvis-worker`` process over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from helpers import procs
+from helpers.cuvis import statistically_trained
+
+from cuvis_cluster.wire.pb import pb, pb_grpc
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory) -> Iterator[procs.ServerProcess]:
+    """One worker per test module (CPU, default limits)."""
+    server = procs.start_worker(tmp_path_factory.mktemp("worker"), "--device", "cpu")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(worker) -> pb_grpc.CuvisAIServiceStub:
+    return pb_grpc.CuvisAIServiceStub(worker.channel())
+
+
+@pytest.fixture
+def session(stub) -> Iterator[str]:
+    """A fresh session, closed afterwards (if the test did not close it itself)."""
+    session_id = stub.CreateSession(pb.CreateSessionRequest()).session_id
+    yield session_id
+    try:
+        stub.CloseSession(pb.CloseSessionRequest(session_id=session_id))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def trained_session(stub) -> Iterator[str]:
+    """A module-wide session holding a statistically trained RX pipeline."""
+    session_id = stub.CreateSession(pb.CreateSessionRequest()).session_id
+    statistically_trained(stub, session_id)
+    yield session_id
+    try:
+        stub.CloseSession(pb.CloseSessionRequest(session_id=session_id))
+    except grpc.RpcError:
+        pass
