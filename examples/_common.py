@@ -6,6 +6,7 @@ read from ``CUVIS_*`` environment variables; the address defaults to ``$CUVIS_AD
 
 * ``--local-cluster N``: start redis, N workers and a gateway on loopback for this run, and stop them after;
 * ``--size S``: height and width of the synthetic frames (small is fast);
+* ``--out DIR``: where an example writes local files (pictures, outputs);
 * ``--verbose``: print every training progress message.
 """
 
@@ -29,7 +30,7 @@ WAVELENGTHS_NM = np.arange(430, 911, 8, dtype=np.int32)  # 61 bands, as the synt
 ANOMALY_CLASS_IDS = (2, 3)  # brown lentils and stones; background (0) and black lentils (1) are normal
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, *, out: str = "outputs/examples") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     ClientSettings.add_arguments(p)
     p.add_argument(
@@ -41,6 +42,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--size", type=int, default=32, help="height and width of the synthetic frames")
     p.add_argument("--verbose", "-v", action="store_true", help="print every progress message")
+    p.add_argument("--out", default=out, help="local directory for the files the example writes")
     return p
 
 

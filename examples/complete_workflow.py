@@ -24,8 +24,7 @@ from cuvis_cluster.client import pictures
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[1])
-    p.add_argument("--out", default="outputs/complete_workflow", help="local directory for the PNGs and .npz")
+    p = parser(__doc__.splitlines()[1], out="outputs/complete_workflow")
     p.add_argument("--trainrun", default="rx_statistical", help="train-run config to resolve")
     p.add_argument("--save-as", default="complete_workflow/rx", help="server path stem for the saved run")
     args = p.parse_args(argv)

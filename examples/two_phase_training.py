@@ -14,7 +14,7 @@ import sys
 
 from _common import connected, data_overrides, parser, run_training
 
-from cuvis_cluster.client import pb
+from cuvis_cluster.client import format_progress, pb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             if resp.context.stage == pb.EXECUTION_STAGE_VAL and resp.metrics:
                 val_metrics.update(resp.metrics)
             if args.verbose or resp.event.hook == pb.TRAIN_HOOK_EPOCH_END:
-                from cuvis_cluster.client import format_progress
-
                 print(f"  {format_progress(resp)}")
         print(f"  [gradient] {stream.status} after {stream.messages} messages")
         if stream.status != "COMPLETE" or not losses:

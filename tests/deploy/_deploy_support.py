@@ -21,7 +21,9 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate", "GRPCRoute"}
 
 def missing_tool(name: str) -> None:
     """Skip (locally) or fail (CI=true) the calling test because ``name`` is not installed."""
-    message = f"{name} not found (${env_var(name)}, .cache/tools/bin, PATH); install: {INSTALL_HINTS.get(name, '')}"
+    message = (
+        f"{name} not found (${env_var(name)}, .cache/tools/bin, PATH); install: {INSTALL_HINTS.get(name, '')}"
+    )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -52,7 +54,9 @@ class Rendering:
 
     def get(self, kind: str, suffix: str) -> dict:
         found = [o for o in self.of_kind(kind) if o["metadata"]["name"].endswith(suffix)]
-        assert len(found) == 1, f"{self.name}: expected one {kind} *{suffix}, got {[o['metadata']['name'] for o in found]}"
+        assert len(found) == 1, (
+            f"{self.name}: expected one {kind} *{suffix}, got {[o['metadata']['name'] for o in found]}"
+        )
         return found[0]
 
     def container(self, component: str) -> dict:

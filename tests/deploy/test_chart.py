@@ -9,16 +9,15 @@ import re
 import kubernetes_validate
 import pytest
 import yaml
+from _deploy_support import CHART, CI_VALUES, CRD_KINDS, KUBE_VERSIONS, matrix_name, run
 
 from cuvis_cluster.common.settings import GatewaySettings, WorkerSettings, helm_name
-
-from _deploy_support import CHART, CI_VALUES, CRD_KINDS, KUBE_VERSIONS, matrix_name, run
 
 REQUIRED_MATRIX = {"default", "external-redis", "tls-mtls", "cpu-only", "hpa-off", "persistence"}
 
 
 def test_matrix_holds_the_required_entries():
-    assert REQUIRED_MATRIX <= {matrix_name(p) for p in CI_VALUES}
+    assert {matrix_name(p) for p in CI_VALUES} >= REQUIRED_MATRIX
 
 
 def test_helm_lint_strict(helm):
@@ -152,10 +151,33 @@ def test_defaults_without_required_inputs_fail_with_a_clear_message(helm):
 
 # Settings the chart sets from other values instead of a `config` key.
 DERIVED = {
-    "gateway": {"listen", "metrics_port", "metrics_host", "tls_cert", "tls_key", "tls_client_ca", "redis_url",
-                "auth_token_file", "worker_tls_ca", "worker_tls_cert", "worker_tls_key", "worker_tls_server_name"},
-    "worker": {"listen", "metrics_port", "metrics_host", "tls_cert", "tls_key", "tls_client_ca", "redis_url",
-               "advertise", "configs_dir", "data_dir", "output_dir"},
+    "gateway": {
+        "listen",
+        "metrics_port",
+        "metrics_host",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "redis_url",
+        "auth_token_file",
+        "worker_tls_ca",
+        "worker_tls_cert",
+        "worker_tls_key",
+        "worker_tls_server_name",
+    },
+    "worker": {
+        "listen",
+        "metrics_port",
+        "metrics_host",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "redis_url",
+        "advertise",
+        "configs_dir",
+        "data_dir",
+        "output_dir",
+    },
 }
 # Chart defaults that differ from the binaries' on purpose.
 CHART_DEFAULTS = {("worker", "graceSeconds"): 60.0}
@@ -204,9 +226,22 @@ def test_cpu_only_workers_ask_for_no_gpu(renderings):
 
 
 def test_gpu_off_never_lets_auto_pick_a_gpu(helm):
-    proc = run([helm, "template", "x", str(CHART), "--set", "worker.gpu.enabled=false", "--show-only",
-                "templates/worker-deployment.yaml"])
-    env = {e["name"]: e.get("value") for e in yaml.safe_load(proc.stdout)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    proc = run(
+        [
+            helm,
+            "template",
+            "x",
+            str(CHART),
+            "--set",
+            "worker.gpu.enabled=false",
+            "--show-only",
+            "templates/worker-deployment.yaml",
+        ]
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in yaml.safe_load(proc.stdout)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["CUVIS_DEVICE"] == "cpu"
 
 
@@ -238,7 +273,9 @@ def test_bundled_redis_url_comes_from_the_secret(defaults):
     env = defaults.env("gateway")
     secret = defaults.get("Secret", "-redis-auth")
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": secret["metadata"]["name"], "key": "redis-password"}
+        "name": secret["metadata"]["name"],
+        "key": "redis-password",
+    }
     assert env["CUVIS_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@cuvis-cuvis-ai-redis:6379/0"
     assert defaults.env("worker")["CUVIS_REDIS_URL"] == env["CUVIS_REDIS_URL"]
     args = defaults.get("StatefulSet", "-redis")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -251,9 +288,14 @@ def test_external_redis(renderings):
     assert not any(o["metadata"]["name"].endswith("-redis") for o in ext.objects)
     for component in ("gateway", "worker"):
         env = ext.env(component)
-        assert env["CUVIS_REDIS_URL"]["value"] == "rediss://cuvis:$(REDIS_PASSWORD)@redis.example.internal:6380/0"
+        assert (
+            env["CUVIS_REDIS_URL"]["value"]
+            == "rediss://cuvis:$(REDIS_PASSWORD)@redis.example.internal:6380/0"
+        )
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": "cuvis-redis-credentials", "key": "password"}
+            "name": "cuvis-redis-credentials",
+            "key": "password",
+        }
     url_secret = renderings["features"].env("gateway")["CUVIS_REDIS_URL"]
     assert url_secret["valueFrom"]["secretKeyRef"] == {"name": "cuvis-redis-url", "key": "url"}
 
@@ -262,7 +304,11 @@ def _mounted_secrets(rendering, component):
     """mount path -> secret name of a component's secret volumes."""
     spec = rendering.get("Deployment", f"-{component}")["spec"]["template"]["spec"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
-    return {m["mountPath"]: secrets[m["name"]] for m in spec["containers"][0]["volumeMounts"] if m["name"] in secrets}
+    return {
+        m["mountPath"]: secrets[m["name"]]
+        for m in spec["containers"][0]["volumeMounts"]
+        if m["name"] in secrets
+    }
 
 
 def test_tls_and_mtls_files_come_from_the_certificates(renderings):
@@ -279,8 +325,15 @@ def test_tls_and_mtls_files_come_from_the_certificates(renderings):
                 assert directory in mounts, f"{name}={entry['value']} is not in a mounted Secret"
                 assert mounts[directory] in certs, f"{name}: Secret {mounts[directory]} is issued by nobody"
                 assert key in {"tls.crt", "tls.key", "ca.crt"}
-    assert {"CUVIS_TLS_CERT", "CUVIS_TLS_KEY", "CUVIS_TLS_CLIENT_CA", "CUVIS_WORKER_TLS_CA",
-            "CUVIS_WORKER_TLS_CERT", "CUVIS_WORKER_TLS_KEY", "CUVIS_AUTH_TOKEN_FILE"} <= set(genv)
+    assert {
+        "CUVIS_TLS_CERT",
+        "CUVIS_TLS_KEY",
+        "CUVIS_TLS_CLIENT_CA",
+        "CUVIS_WORKER_TLS_CA",
+        "CUVIS_WORKER_TLS_CERT",
+        "CUVIS_WORKER_TLS_KEY",
+        "CUVIS_AUTH_TOKEN_FILE",
+    } <= set(genv)
     assert {"CUVIS_TLS_CERT", "CUVIS_TLS_KEY", "CUVIS_TLS_CLIENT_CA"} <= set(wenv)
     server_name = genv["CUVIS_WORKER_TLS_SERVER_NAME"]["value"]
     assert server_name == "cuvis-cuvis-ai-worker.ai.svc"
@@ -329,12 +382,17 @@ def test_configs_configmap_rebuilds_the_tree(defaults, renderings):
         if p.suffix in (".yaml", ".yml")
     )
     cm = defaults.get("ConfigMap", "-configs")
-    volume = next(v for v in defaults.get("Deployment", "-worker")["spec"]["template"]["spec"]["volumes"]
-                  if v["name"] == "configs")
+    volume = next(
+        v
+        for v in defaults.get("Deployment", "-worker")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "configs"
+    )
     items = {i["key"]: i["path"] for i in volume["configMap"].get("items", [])}
     assert sorted(items.values()) == bundled
     for key, path in items.items():
-        assert cm["data"][key] == (CHART / "files" / "configs" / path).read_text(), "content must be byte-exact"
+        assert cm["data"][key] == (CHART / "files" / "configs" / path).read_text(), (
+            "content must be byte-exact"
+        )
     extra = renderings["features"].get("ConfigMap", "-configs")
     assert extra["data"]["pipeline__extra.yaml"].strip() == "name: extra"
 
@@ -346,10 +404,14 @@ def test_network_policies(defaults):
     grpc_rule, metrics_rule = pols["worker"]["ingress"]
     assert grpc_rule["from"] == [{"podSelector": {"matchLabels": gateway_pods}}]
     assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert metrics_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
     (redis_rule,) = pols["redis"]["ingress"]
-    assert redis_rule["from"] == [{"podSelector": {"matchLabels": gateway_pods}},
-                                  {"podSelector": {"matchLabels": worker_pods}}]
+    assert redis_rule["from"] == [
+        {"podSelector": {"matchLabels": gateway_pods}},
+        {"podSelector": {"matchLabels": worker_pods}},
+    ]
     assert "from" not in pols["gateway"]["ingress"][0], "clients reach the gateway from anywhere by default"
 
 
@@ -364,7 +426,10 @@ def test_gateway_service_and_routes(defaults, renderings):
     # TLS to the gateway pods is on in this entry: nginx must speak gRPC over TLS to them.
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
     route = features.get("GRPCRoute", "-gateway")
-    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == features.get("Service", "-gateway")["metadata"]["name"]
+    assert (
+        route["spec"]["rules"][0]["backendRefs"][0]["name"]
+        == features.get("Service", "-gateway")["metadata"]["name"]
+    )
 
 
 def test_gateway_spread_and_disruption_budget(defaults):
@@ -387,11 +452,17 @@ def test_monitoring_objects(renderings):
         assert "metrics" in {p["name"] for p in matched[0]["spec"]["ports"]}
         assert monitor["spec"]["jobLabel"] in matched[0]["metadata"]["labels"]
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    jobs = {services_label for m in monitors for services_label in [m["spec"]["selector"]["matchLabels"]["cuvis.ai/job"]]}
+    jobs = {
+        services_label
+        for m in monitors
+        for services_label in [m["spec"]["selector"]["matchLabels"]["cuvis.ai/job"]]
+    }
     assert jobs == {"cuvis-gateway", "cuvis-worker"}
     dashboard = features.get("ConfigMap", "-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboard["data"]["cuvis-ai.json"]) == json.loads((CHART / "dashboards/cuvis-ai.json").read_text())
+    assert json.loads(dashboard["data"]["cuvis-ai.json"]) == json.loads(
+        (CHART / "dashboards/cuvis-ai.json").read_text()
+    )
     rule = features.get("PrometheusRule", "")
     alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     for group in alerts["groups"]:
@@ -405,7 +476,18 @@ def test_notes_show_grpcurl(helm):
     assert plain.returncode == 0, plain.stderr
     assert "grpcurl -plaintext $CUVIS_ADDR grpc.health.v1.Health/Check" in plain.stdout
     assert "grpcurl -plaintext $CUVIS_ADDR describe cuvis_ai.v1.CuvisAIService" in plain.stdout
-    tls = run([helm, "install", "cuvis", str(CHART), "--dry-run=client", "--namespace", "ai",
-               "--values", str(CHART / "ci" / "tls-mtls-values.yaml")])
+    tls = run(
+        [
+            helm,
+            "install",
+            "cuvis",
+            str(CHART),
+            "--dry-run=client",
+            "--namespace",
+            "ai",
+            "--values",
+            str(CHART / "ci" / "tls-mtls-values.yaml"),
+        ]
+    )
     assert tls.returncode == 0, tls.stderr
     assert "grpcurl -cacert ca.crt -cert client.crt -key client.key" in tls.stdout

@@ -8,10 +8,9 @@ import os
 import re
 
 import pytest
+from _deploy_support import CI_VALUES, matrix_name
 
 from cuvis_cluster.common.settings import GatewaySettings, WorkerSettings
-
-from _deploy_support import CI_VALUES, matrix_name
 
 MATRIX = sorted(matrix_name(p) for p in CI_VALUES)
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
@@ -43,7 +42,9 @@ def rendering(request, renderings):
 
 def test_there_are_workloads(rendering):
     labels = [label for label, _, _ in pod_specs(rendering.objects)]
-    assert any(label.endswith("-gateway") for label in labels) and any(label.endswith("-worker") for label in labels)
+    assert any(label.endswith("-gateway") for label in labels) and any(
+        label.endswith("-worker") for label in labels
+    )
 
 
 def test_resources_are_set(rendering):
@@ -92,7 +93,7 @@ def test_images_are_pinned(rendering):
             image = c["image"]
             if "@sha256:" in image:
                 continue
-            name, sep, tag = image.rpartition(":")
+            _, sep, tag = image.rpartition(":")
             assert sep and "/" not in tag, f"{label}: {image} has no tag"
             assert tag != "latest", f"{label}: {image}"
             assert re.search(r"\d", tag), f"{label}: {image} is not a version tag"
@@ -118,7 +119,9 @@ def test_env_names_are_the_settings_the_code_reads(rendering):
         assert not unknown, f"{label}: env the binary does not read: {sorted(unknown)}"
         assert "envFrom" not in container, f"{label}: envFrom hides which settings are set"
         for helper in set(names) & HELPERS:
-            users = [e for e in env if e["name"].startswith("CUVIS_") and f"$({helper})" in e.get("value", "")]
+            users = [
+                e for e in env if e["name"].startswith("CUVIS_") and f"$({helper})" in e.get("value", "")
+            ]
             assert users, f"{label}: {helper} is set but feeds no CUVIS_* value"
 
 
@@ -129,7 +132,9 @@ def test_every_setting_is_rendered_somewhere_in_the_matrix(renderings):
         seen = set()
         for rendering in renderings.values():
             seen |= {n for n in rendering.env(role) if n.startswith("CUVIS_")}
-        assert seen == cls.env_names(), f"{role}: missing {cls.env_names() - seen}, extra {seen - cls.env_names()}"
+        assert seen == cls.env_names(), (
+            f"{role}: missing {cls.env_names() - seen}, extra {seen - cls.env_names()}"
+        )
 
 
 def _resolved_env(env, pod_ip="10.1.2.3"):
@@ -165,7 +170,9 @@ def test_the_binaries_accept_the_rendered_settings(rendering, monkeypatch):
         if role == "worker":
             assert settings.advertised_address.rsplit(":", 1)[0].strip("[]") == "10.1.2.3"
         # Kubernetes waits long enough for the drain to finish.
-        pre_stop = spec["containers"][0].get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        pre_stop = (
+            spec["containers"][0].get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        )
         sleep = int(pre_stop[-1]) if pre_stop else 0
         assert spec["terminationGracePeriodSeconds"] >= sleep + math.ceil(settings.grace_seconds), label
 
@@ -188,6 +195,12 @@ def test_setting_files_live_on_mounted_volumes(rendering):
 def test_recommended_labels_everywhere(rendering):
     for obj in rendering.objects:
         labels = obj["metadata"].get("labels", {})
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
-                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/component",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "app.kubernetes.io/part-of",
+        ):
             assert key in labels, f"{obj['kind']}/{obj['metadata']['name']} lacks {key}"

@@ -182,7 +182,7 @@ def test_rx_state_dict_loads_across_frozen_and_unfrozen() -> None:
     )
     # Statistical training after gradient training re-fits and keeps the node trainable.
     other.fit([{"data": x}])
-    assert other.unfrozen and float(other.mu_delta.abs().sum()) == 0.0
+    assert other.unfrozen and float(other.mu_delta.detach().abs().sum()) == 0.0
 
 
 # -- normalizers ------------------------------------------------------------------------------------

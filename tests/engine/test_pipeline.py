@@ -288,7 +288,7 @@ def test_strict_load_lists_missing_and_unexpected_keys():
 def test_strict_load_refuses_a_missing_node():
     payload = fitted_rx().weights_payload()
     del payload["state_dict"]["normalizer"]
-    with pytest.raises(InvalidArgument, match="normalizer.running_min"):
+    with pytest.raises(InvalidArgument, match=r"normalizer\.running_min"):
         build(rx_config()).load_weights_payload(payload, strict=True)
 
 

@@ -1,4 +1,4 @@
-"""The Engine facade: search paths, pipelines, weights, discovery, train-run configs, inference, confinement."""
+"""The Engine facade: search paths, pipelines, weights, discovery, train runs, inference, confinement."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_specs(engine, trained):
 
 # -- inference ------------------------------------------------------------------------------------------
 def test_inference_outputs_and_filters(engine, trained):
-    tensors, metrics = engine.infer(trained, {"cube": cube()}, [])
+    tensors, _ = engine.infer(trained, {"cube": cube()}, [])
     assert tensors["decider.decisions"].shape == (1, 8, 8, 1)
     assert tensors["decider.decisions"].dtype == torch.bool  # bool stays a tensor
     assert all(t.device.type == "cpu" for t in tensors.values())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -269,3 +270,41 @@ def grpcurl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(VENV_BIN / "grpcurl"), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def start_redis(workdir: Path, *, name: str = "redis", timeout: float = 30.0) -> ServerProcess:
+    """A throw-away ``redis-server`` on 127.0.0.1 (no persistence); ``address`` is ``host:port``.
+
+    ``server.url`` style: ``f"redis://{server.address}/0"``.
+    """
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not on PATH (apt-get install --no-install-recommends redis-server)"
+        )
+    port = free_port()
+    data_dir = workdir / f"{name}-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(data_dir)]
+    server = start_server(argv, name=name, log_dir=workdir, address=f"127.0.0.1:{port}", wait=False)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+
+    def ready() -> bool:
+        if not server.alive():
+            raise AssertionError(f"redis-server exited:\n{server.log()}")
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(ready, timeout=timeout, interval=0.05, what="redis-server to answer PING")
+    except BaseException:
+        server.stop()
+        raise
+    finally:
+        client.close()
+    return server

@@ -273,3 +273,48 @@ def test_bundled_configs_are_found_from_any_working_directory(worker, stub, sess
     assert Path(worker.log_path).parent != procs.REPO
     assert "using the bundled configs" in worker.log()
     assert resolve(stub, session, "pipeline", "rx_statistical")["metadata"]["name"] == "rx_statistical"
+
+
+# ------------------------------------------------------------------------------------------ with --redis-url
+
+
+def test_worker_with_redis_registers_announces_sessions_and_deregisters(tmp_path):
+    import redis
+
+    store = procs.start_redis(tmp_path)
+    client = redis.Redis.from_url(f"redis://{store.address}/0", decode_responses=True)
+    worker = procs.start_worker(
+        tmp_path, "--redis-url", f"redis://{store.address}/0", "--heartbeat-seconds", "0.5"
+    )
+    try:
+        workers = procs.wait_for(
+            lambda: client.zrange("cuvis:workers", 0, -1), timeout=30, what="registration"
+        )
+        assert len(workers) == 1
+        record = client.hgetall(f"cuvis:worker:{workers[0]}")
+        assert (
+            record["address"] == worker.address and record["capacity"] == "16" and record["draining"] == "0"
+        )
+
+        stub = pb_grpc.CuvisAIServiceStub(worker.channel())
+        session_id = stub.CreateSession(
+            pb.CreateSessionRequest(), metadata=[("x-cuvis-owner", "alice")]
+        ).session_id
+        route = client.hgetall(f"cuvis:route:{session_id}")  # written before CreateSession returned
+        assert route["instance"] == workers[0] and route["owner"] == "alice"
+
+        # a gateway routing with a stale instance id gets NOT_FOUND, never this worker's session
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetPipelineInputs(
+                pb.GetPipelineInputsRequest(session_id=session_id),
+                metadata=[("x-cuvis-worker-instance", "an-earlier-process")],
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "an-earlier-process" in info.value.details()
+
+        assert worker.terminate(timeout=60) == 0
+        assert not client.exists(f"cuvis:worker:{workers[0]}")
+        assert not client.exists(f"cuvis:route:{session_id}")
+    finally:
+        client.close()
+        worker.stop()
+        store.stop()

@@ -158,7 +158,8 @@ def _make_pki(directory: Path, name: str = "ca") -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by the CA."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl(
-        *f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={name} -keyout {name}.key -out {name}.pem".split(),
+        *f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={name} -keyout {name}.key".split(),
+        *f"-out {name}.pem".split(),
         cwd=directory,
     )
     (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
@@ -167,8 +168,8 @@ def _make_pki(directory: Path, name: str = "ca") -> dict[str, Path]:
             *f"req -newkey rsa:2048 -nodes -subj /CN={who} -keyout {who}.key -out {who}.csr".split(),
             cwd=directory,
         )
-        sign = f"x509 -req -in {who}.csr -CA {name}.pem -CAkey {name}.key -CAcreateserial -days 2 -extfile san.ext"
-        _openssl(*sign.split(), "-out", f"{who}.pem", cwd=directory)
+        sign = f"x509 -req -in {who}.csr -CA {name}.pem -CAkey {name}.key -CAcreateserial -days 2"
+        _openssl(*sign.split(), "-extfile", "san.ext", "-out", f"{who}.pem", cwd=directory)
     files = {"ca": f"{name}.pem", "cert": "server.pem", "key": "server.key"}
     files.update(client_cert="client.pem", client_key="client.key")
     return {key: directory / file for key, file in files.items()}

@@ -178,8 +178,8 @@ def cmd_restore(client: Client, args: argparse.Namespace) -> int:
         _print(f"restored {args.trainrun} into session {session.id}")
         inputs = session.inputs()
         outputs = session.outputs()
-        _print(f"inputs:  {', '.join(inputs) or '-'}")
-        _print(f"outputs: {', '.join(outputs) or '-'}")
+        _print(f"inputs:  {', '.join(sorted(inputs)) or '-'}")
+        _print(f"outputs: {', '.join(sorted(outputs)) or '-'}")
         if args.continue_training:
             status = _run_training(session, args.trainer, args)
             if status != "COMPLETE":
@@ -214,9 +214,9 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
         scores_name=args.scores,
         decisions_name=args.decisions,
     )
-    for name, array in result.items():
+    for name, array in sorted(result.items()):
         _print(f"{name}: {array.dtype}{list(array.shape)}")
-    for name, value in result.metrics.items():
+    for name, value in sorted(result.metrics.items()):
         _print(f"{name} = {value:.6g}")
     for kind, path in written.items():
         _print(f"wrote {kind}: {path}")

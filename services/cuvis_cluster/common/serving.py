@@ -234,21 +234,23 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
-        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+        self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
-        handler = self._cache.get(method)
-        if handler is not None:
-            return handler
         inner = continuation(handler_call_details)
         if inner is None:
             return None
+        # Registered handlers are wrapped once and reused. An interceptor further down the chain may
+        # answer with a per-call handler (fencing does); that one is wrapped and the cache follows it,
+        # so the next regular call re-wraps once. Both are rare.
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is inner:
+            return cached[1]
         handler = self._wrap(inner, method.lstrip("/"))
-        # Handlers of registered services never change, so each method is wrapped once.
         with self._lock:
-            self._cache[method] = handler
+            self._cache[method] = (inner, handler)
         return handler
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

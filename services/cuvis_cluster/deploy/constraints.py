@@ -61,7 +61,9 @@ def closure(requirements: list[str]) -> dict[str, str]:
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError as exc:
-            raise SystemExit(f"{req.name} is not installed; install the project with its extras first") from exc
+            raise SystemExit(
+                f"{req.name} is not installed; install the project with its extras first"
+            ) from exc
         pins[name] = dist.version
         todo.extend((Requirement(child), set(req.extras)) for child in dist.requires or [])
     return pins

@@ -75,13 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--service", default="", help="Health service name ('' = the whole server).")
     parser.add_argument("--timeout", type=float, default=3.0, help="Seconds to wait for the answer.")
-    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
-                        help="Use TLS (default: when CUVIS_TLS_CERT is set).")
+    parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Use TLS (default: when CUVIS_TLS_CERT is set).",
+    )
     parser.add_argument("--ca", default=None, help="PEM roots to trust (default: CUVIS_TLS_CERT itself).")
-    parser.add_argument("--cert", default=None, help="Client certificate (default with mTLS: CUVIS_TLS_CERT).")
+    parser.add_argument(
+        "--cert", default=None, help="Client certificate (default with mTLS: CUVIS_TLS_CERT)."
+    )
     parser.add_argument("--key", default=None, help="Client key (default with mTLS: CUVIS_TLS_KEY).")
-    parser.add_argument("--server-name", default=None,
-                        help="Name expected in the server certificate (default: the first DNS name in --ca).")
+    parser.add_argument(
+        "--server-name",
+        default=None,
+        help="Name expected in the server certificate (default: the first DNS name in --ca).",
+    )
     parser.set_defaults(
         listen=env.get("CUVIS_LISTEN", "127.0.0.1:50051"),
         env_cert=env.get("CUVIS_TLS_CERT") or None,

@@ -82,8 +82,16 @@ def helm_template(
     helm: str | None = None,
 ) -> list[dict]:
     """The objects ``helm template`` renders (hooks included), in Helm's order."""
-    cmd = [helm or require_tool("helm"), "template", release, str(chart), "--namespace", namespace,
-           "--kube-version", kube_version]
+    cmd = [
+        helm or require_tool("helm"),
+        "template",
+        release,
+        str(chart),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        kube_version,
+    ]
     for path in values:
         cmd += ["--values", str(path)]
     for item in set_values:
@@ -94,20 +102,25 @@ def helm_template(
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
-def _clean_labels(node: Any) -> None:
-    """Plain manifests are not managed by Helm: drop helm.sh/chart, say managed-by kustomize."""
+def _clean_metadata(node: Any) -> None:
+    """Plain manifests are not managed by Helm: no helm.sh/ labels or annotations, managed-by kustomize."""
     if isinstance(node, dict):
         meta = node.get("metadata")
-        if isinstance(meta, dict) and isinstance(meta.get("labels"), dict):
-            labels = meta["labels"]
-            labels.pop("helm.sh/chart", None)
+        if isinstance(meta, dict):
+            for field in ("labels", "annotations"):
+                if isinstance(meta.get(field), dict):
+                    for key in [k for k in meta[field] if k.startswith("helm.sh/")]:
+                        del meta[field][key]
+                    if not meta[field]:
+                        del meta[field]
+            labels = meta.get("labels") or {}
             if "app.kubernetes.io/managed-by" in labels:
                 labels["app.kubernetes.io/managed-by"] = "kustomize"
         for value in node.values():
-            _clean_labels(value)
+            _clean_metadata(value)
     elif isinstance(node, list):
         for value in node:
-            _clean_labels(value)
+            _clean_metadata(value)
 
 
 def plain(objects: list[dict]) -> list[dict]:
@@ -116,7 +129,7 @@ def plain(objects: list[dict]) -> list[dict]:
     for obj in objects:
         if "helm.sh/hook" in (obj.get("metadata", {}).get("annotations") or {}):
             continue
-        _clean_labels(obj)
+        _clean_metadata(obj)
         out.append(obj)
     return out
 
@@ -169,7 +182,9 @@ def json_patch(old: Any, new: Any, parts: list[str] | None = None) -> list[dict]
         ops = []
         for index, (a, b) in enumerate(zip(old, new, strict=True)):
             item_ops = json_patch(a, b, [*parts, str(index)])
-            named = isinstance(a, dict) and isinstance(b, dict) and "name" in a and a.get("name") == b.get("name")
+            named = (
+                isinstance(a, dict) and isinstance(b, dict) and "name" in a and a.get("name") == b.get("name")
+            )
             if item_ops and named:
                 # Guard index-based paths into named items (env vars, containers, volumes): the patch
                 # fails instead of changing the wrong entry if the base's order ever differs.
@@ -254,8 +269,12 @@ def k8s_tree(base: list[dict], overlays: dict[str, list[dict]]) -> dict[str, str
         for key, old in base_by_key.items():
             if key not in by_key:
                 name = _filename(old, "patches/delete-")
-                doc = {"$patch": "delete", "apiVersion": old["apiVersion"], "kind": old["kind"],
-                       "metadata": {"name": old["metadata"]["name"], "namespace": NAMESPACE}}
+                doc = {
+                    "$patch": "delete",
+                    "apiVersion": old["apiVersion"],
+                    "kind": old["kind"],
+                    "metadata": {"name": old["metadata"]["name"], "namespace": NAMESPACE},
+                }
                 files[f"overlays/{overlay}/{name}"] = HEADER + dump(doc)
                 patches.append({"path": name})
         kustomization: dict[str, Any] = {
@@ -266,52 +285,8 @@ def k8s_tree(base: list[dict], overlays: dict[str, list[dict]]) -> dict[str, str
         if patches:
             kustomization["patches"] = patches
         files[f"overlays/{overlay}/kustomization.yaml"] = HEADER + dump(kustomization)
-    files["README.md"] = K8S_README
+    files["README.md"] = (Path(__file__).resolve().parent / "k8s-README.md").read_text()
     return files
-
-
-K8S_README = """\
-# Plain Kubernetes manifests
-
-Generated from the Helm chart in `charts/cuvis-ai` by `python -m cuvis_cluster.deploy.render_k8s`
-(inputs: `services/cuvis_cluster/deploy/values/{base,dev,prod}.yaml`). Do not edit these files: change
-the chart or those values and run the command again; a test fails when this directory is stale.
-
-| directory | what |
-|---|---|
-| `base/` | The chart's defaults: 2+ gateways with an HPA, 2 GPU workers, bundled Redis, NetworkPolicies. |
-| `overlays/dev/` | One gateway, two CPU-only workers (`cuvis-worker:<version>-cpu`), no HPA or PDBs. |
-| `overlays/prod/` | LoadBalancer, 3-12 gateways, 4 GPU workers, gateway TLS, data and output volumes, Redis persistence, ServiceMonitors, PrometheusRule and the Grafana dashboard (needs the prometheus-operator CRDs). |
-
-Everything goes into the namespace `cuvis-ai` (created by `base/`, Pod Security `restricted`).
-
-## Before applying
-
-Create the Redis password (URL-safe characters; both overlays use it):
-
-```
-kubectl create namespace cuvis-ai
-kubectl -n cuvis-ai create secret generic cuvis-ai-redis-auth --from-literal=redis-password="$(openssl rand -hex 24)"
-```
-
-`prod` also needs:
-
-```
-kubectl -n cuvis-ai create secret tls cuvis-ai-gateway-tls --cert=gateway.crt --key=gateway.key
-# a ReadOnlyMany claim with the input data, named cuvis-ai-data
-```
-
-## Apply
-
-```
-kubectl apply -k k8s/overlays/dev     # or k8s/overlays/prod, or k8s/base
-kubectl -n cuvis-ai rollout status deployment/cuvis-ai-gateway
-kubectl -n cuvis-ai port-forward service/cuvis-ai-gateway 50050:50050 &
-grpcurl -plaintext 127.0.0.1:50050 grpc.health.v1.Health/Check
-```
-
-For anything else (cert-manager, mTLS, external Redis, Ingress, Gateway API) use the Helm chart.
-"""
 
 
 # ---------------------------------------------------------------------------------------- configs
@@ -368,11 +343,12 @@ def values_table() -> str:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     rows = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
     for path, sub in _leaves(schema):
-        default = json.dumps(_lookup(values, path), separators=(",", ":"))
-        description = sub.get("description", "")
+        value = _lookup(values, path)
+        default = "(not set)" if value is None else f"`{json.dumps(value, separators=(',', ':'))}`"
+        description = sub.get("description", "").replace("<", "&lt;").replace(">", "&gt;")
         if "enum" in sub:
             description += " One of: " + ", ".join(f"`{v}`" for v in sub["enum"] if v != "") + "."
-        cells = [f"`{path}`", _type_of(sub), f"`{default}`", description]
+        cells = [f"`{path}`", _type_of(sub), default, description]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 

@@ -426,11 +426,7 @@ class Pipeline(nn.Module):
                 selected.add(upto)
         else:
             selected = None
-        device = self._device
-        feed = {
-            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-        }
+        feed = self._to_device(batch)
         outputs: dict[str, Any] = {}
         for name in self.order:
             if selected is not None and name not in selected:
@@ -450,12 +446,16 @@ class Pipeline(nn.Module):
         self, name: str, batch: Mapping[str, Any], stage: Stage = Stage.INFERENCE
     ) -> dict[str, Any] | None:
         """The inputs ``name`` gets for ``batch`` (its ancestors are run); None when a source did not run."""
-        outputs = self.forward(batch, stage, upto=name, inclusive=False)
-        feed = {
-            k: (v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+        feed = self._to_device(batch)
+        outputs = self.forward(feed, stage, upto=name, inclusive=False)
+        return self._gather(name, self._node(name), feed, outputs)
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        device = self._device
+        return {
+            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and v.device != device else v)
             for k, v in batch.items()
         }
-        return self._gather(name, self._node(name), feed, outputs)
 
     def _gather(
         self, name: str, node: Node, feed: Mapping[str, Any], outputs: Mapping[str, Any]

@@ -299,6 +299,8 @@ class Link(asyncio.BufferedProtocol):
             out.append(_window_update(0, bump))
             self._in_conn += bump
         transport.writelines(out)  # type: ignore[attr-defined]
+        if self._wpos > self._rpos:
+            self._process()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -345,6 +347,11 @@ class Link(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._wpos += nbytes
+        if self.transport is None:
+            return  # TLS: bytes that arrived before start_tls handed us the transport
+        self._process()
+
+    def _process(self) -> None:
         try:
             self._parse()
         except _LinkError as exc:

@@ -224,7 +224,13 @@ class ClusterMembership:
         args.append(len(sessions))
         for s in sessions:
             left = max(idle - (now - float(s.last_used)), 1.0)
-            args += [s.id, s.owner or "", repr(float(s.created_at)), repr(float(s.last_used)), int(left * 1000)]
+            args += [
+                s.id,
+                s.owner or "",
+                repr(float(s.created_at)),
+                repr(float(s.last_used)),
+                int(left * 1000),
+            ]
         result = self._call("heartbeat", self._heartbeat, args)
         if result is None:
             return False
@@ -235,7 +241,8 @@ class ClusterMembership:
         lost_at = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         if lost_at:
             log.warning(
-                "a gateway declared this instance lost at %s; sessions created before then are fenced", lost_at
+                "a gateway declared this instance lost at %s; sessions created before then are fenced",
+                lost_at,
             )
         return True
 

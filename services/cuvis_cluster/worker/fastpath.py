@@ -15,6 +15,7 @@ is always what ``InferenceRequest.FromString`` would give. Truncated or malforme
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,3 +282,122 @@ def inference_inputs(request: FastInferenceRequest) -> dict[str, Any]:
             )
         inputs[name] = to_torch(request, view, field=field)
     return inputs
+
+
+# --------------------------------------------------------------------------------------------------
+# the client side of the same idea
+
+
+def _put_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _put_varint(number << 3 | wire)
+
+
+def _tensor_parts(array: np.ndarray, *, field: str) -> list[Any]:
+    """Header bytes and the payload buffer of one Tensor message (payload not copied)."""
+    code = codec.NUMPY_TO_WIRE.get(array.dtype.newbyteorder("=").name)
+    if code is None:
+        raise codec.TensorError(f"{field}: numpy dtype {array.dtype} has no wire equivalent", field=field)
+    wire_dtype = codec.WIRE_TO_NUMPY[code]
+    if array.dtype != wire_dtype or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=wire_dtype)
+    payload = memoryview(array).cast("B") if array.size else b""
+    shape = b"".join(_put_varint(d) for d in array.shape)
+    head = b""
+    if shape:
+        head += _key(_T_SHAPE, _LEN) + _put_varint(len(shape)) + shape
+    head += _key(_T_DTYPE, _VARINT) + _put_varint(code)
+    head += _key(_T_RAW, _LEN) + _put_varint(len(payload))
+    return [head, payload]
+
+
+def _length(parts: list[Any]) -> int:
+    return sum(len(p) for p in parts)
+
+
+def encode_inference_request(
+    session_id: str, tensors: dict[str, Any], output_specs: list[str] | tuple[str, ...] = ()
+) -> bytes:
+    """Serialize an ``InferenceRequest`` with tensor inputs, copying each array exactly once.
+
+    ``tensors`` maps InputBatch tensor fields (``cube``, ``wavelengths``, ``mask``, ...) and any other
+    name (sent as ``extra_inputs``) to numpy arrays or CPU torch tensors. The result parses with
+    ``InferenceRequest.FromString`` like a protobuf-built message; building that message instead costs
+    three copies of every payload (into the message, the serialisation, and the join grpc needs).
+    """
+    numbers = {name: number for number, name in _BATCH_TENSORS.items()}
+    batch: list[Any] = []
+    for name, value in tensors.items():
+        if type(value).__module__.startswith("torch"):
+            value = value.detach().cpu().numpy()
+        parts = _tensor_parts(np.asarray(value), field=f"inputs.{name}")
+        if name in numbers:
+            batch += [_key(numbers[name], _LEN), _put_varint(_length(parts)), *parts]
+        else:
+            key = name.encode("utf-8")
+            entry = [
+                _key(1, _LEN) + _put_varint(len(key)) + key,
+                _key(2, _LEN) + _put_varint(_length(parts)),
+                *parts,
+            ]
+            batch += [_key(_BATCH_EXTRA, _LEN), _put_varint(_length(entry)), *entry]
+    out: list[Any] = []
+    if session_id:
+        sid = session_id.encode("utf-8")
+        out += [_key(_REQ_SESSION, _LEN) + _put_varint(len(sid)) + sid]
+    out += [_key(_REQ_INPUTS, _LEN) + _put_varint(_length(batch)), *batch]
+    for spec in output_specs:
+        text = spec.encode("utf-8")
+        out.append(_key(_REQ_OUTPUTS, _LEN) + _put_varint(len(text)) + text)
+    return b"".join(out)
+
+
+def encode_inference_response(tensors: dict[str, Any], metrics: dict[str, float]) -> bytes:
+    """Serialize an ``InferenceResponse``, copying each output tensor exactly once (in the final join)."""
+    out: list[Any] = []
+    for name, value in tensors.items():
+        if type(value).__module__.startswith("torch"):
+            value = value.detach().cpu().numpy()
+        parts = _tensor_parts(np.asarray(value), field=f"outputs[{name!r}]")
+        key = name.encode("utf-8")
+        entry = [
+            _key(1, _LEN) + _put_varint(len(key)) + key,
+            _key(2, _LEN) + _put_varint(_length(parts)),
+            *parts,
+        ]
+        out += [_key(1, _LEN), _put_varint(_length(entry)), *entry]
+    for name, value in metrics.items():
+        key = name.encode("utf-8")
+        entry = _key(1, _LEN) + _put_varint(len(key)) + key + _key(2, _I32) + struct.pack("<f", float(value))
+        out.append(_key(2, _LEN) + _put_varint(len(entry)) + entry)
+    return b"".join(out)
+
+
+@dataclass
+class InferenceReply:
+    """A serialized ``InferenceResponse`` that grpc sends as it is (built inside the handler, so an
+    output that cannot be encoded is an error of the call, not of grpc's serializer)."""
+
+    data: bytes
+
+    @classmethod
+    def build(cls, tensors: dict[str, Any], metrics: dict[str, float]) -> InferenceReply:
+        return cls(encode_inference_response(tensors, metrics))
+
+    def SerializeToString(self) -> bytes:  # the name grpc's generated serializers use
+        return self.data
+
+    def to_message(self) -> pb.InferenceResponse:
+        return pb.InferenceResponse.FromString(self.data)

@@ -101,9 +101,7 @@ def bind_metrics(metrics: WorkerMetrics, engine: Any, settings: WorkerSettings) 
     metrics.capacity.set(settings.max_sessions)
     metrics.draining.set_function(lambda: 1.0 if sessions.draining else 0.0)
     info = device_info(engine.device)
-    metrics.info.info(
-        {"version": version(), "device": info["device"], "python": platform.python_version()}
-    )
+    metrics.info.info({"version": version(), "device": info["device"], "python": platform.python_version()})
     if info["total_bytes"]:
         import torch
 
@@ -175,14 +173,18 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
         interceptors.append(cluster.fencing_interceptor(instance_id))
 
     server = GrpcServer(
-        settings, metrics=metrics, interceptors=interceptors, max_workers=settings.max_workers, component="worker"
+        settings,
+        metrics=metrics,
+        interceptors=interceptors,
+        max_workers=settings.max_workers,
+        component="worker",
     )
     servicer = servicer_module.CuvisAIServicer(engine, metrics)
     server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
 
     if cluster is not None:
         membership = cluster.ClusterMembership(
-            settings, engine.sessions, metrics, device_info(engine.device), instance_id=instance_id
+            settings, engine.sessions, metrics, lambda: device_info(engine.device), instance_id=instance_id
         )
         control = cluster.WorkerControlServicer(membership, shutdown=shutdown)
         server.add_service(control.SERVICE_NAME, control.add_to_server)

@@ -5,8 +5,9 @@ No behaviour lives here. Each handler turns request fields into plain Python val
 through :func:`cuvis_cluster.wire.status.abort_with`, the one error->status table, so a domain error
 keeps its code and message and anything else becomes INTERNAL with a logged request id.
 
-Inference is registered with a zero-copy request decoder (:mod:`cuvis_cluster.worker.fastpath`); the
-handler also accepts a regular ``InferenceRequest`` (e.g. when called in-process).
+Inference is registered with a zero-copy request decoder and a one-copy reply encoder
+(:mod:`cuvis_cluster.worker.fastpath`); the handler also accepts a regular ``InferenceRequest`` (e.g.
+when called in-process) and returns an ``InferenceReply`` (``.to_message()`` gives the protobuf).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import grpc
 
 from cuvis_cluster.common.telemetry import WorkerMetrics
 from cuvis_cluster.errors import CuvisError, InvalidArgument
-from cuvis_cluster.wire import codec
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb, pb_grpc
 from cuvis_cluster.wire.status import abort_with, status_for
 from cuvis_cluster.worker import fastpath, messages
@@ -312,10 +312,8 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
         tensors, scalars = self.engine.infer(session_id, inputs, output_filter)
         if self.metrics is not None:
             self.metrics.inference_latency.observe(time.perf_counter() - started)
-        reply = pb.InferenceResponse(metrics=messages.floats(scalars))
-        for name, value in tensors.items():
-            reply.outputs[name].CopyFrom(codec.encode(value, field=f"outputs[{name!r}]"))
-        return reply
+        # Serialized by grpc straight from the tensors (one copy each), see fastpath.InferenceReply.
+        return fastpath.InferenceReply.build(tensors, messages.floats(scalars))
 
     # ------------------------------------------------------------------------------------ plugins
     @_unary
@@ -384,18 +382,24 @@ def add_to_server(servicer: CuvisAIServicer, server: grpc.Server) -> None:
         request_class = _message_class(method.input_type.name)
         response_class = _message_class(method.output_type.name)
         deserializer = request_class.FromString
+        serializer = response_class.SerializeToString
         if method.name == "Inference":
             deserializer = fastpath.parse_inference_request
+            serializer = _serialize  # an InferenceReply or an InferenceResponse
         factory = (
             grpc.unary_stream_rpc_method_handler
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
         handlers[method.name] = factory(
-            behavior, request_deserializer=deserializer, response_serializer=response_class.SerializeToString
+            behavior, request_deserializer=deserializer, response_serializer=serializer
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
 
 
 def _message_class(name: str) -> Any:

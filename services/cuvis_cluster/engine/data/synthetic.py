@@ -3,14 +3,14 @@
 Each frame is a uint16 reflectance-count cube ``[H, W, 61]`` (430-910 nm, 8 nm steps; 10000 counts =
 100 % reflectance, specular highlights go above) with a class-id mask ``[H, W]`` int32:
 
-=====  ===============  ======================================================================
+=====  ===============  ==============================================================================
  id     class            spectrum
-=====  ===============  ======================================================================
- 0      background       light grey conveyor belt, nearly flat (~33-37 %), smooth illumination
+=====  ===============  ==============================================================================
+ 0      background       conveyor belt: flat grey (~31-33 %) in the visible, gentle rise to ~40 % NIR
  1      lentil_black     dark (~5-8 % in the visible) with a red-edge rise to ~25 % above 700 nm
- 2      lentil_brown     anomaly: rises steeply through the visible to ~30 % at 620 nm, ~40 % NIR
+ 2      lentil_brown     anomaly: steep visible rise to ~32 % at 620 nm, early NIR step, slight decline
  3      stone            anomaly: matte grey (~15-29 %), absorption bands near 480 and 890 nm
-=====  ===============  ======================================================================
+=====  ===============  ==============================================================================
 
 Background (0) and black lentils (1) are the normal classes, so pipelines use
 ``normal_class_ids=[0, 1]`` as upstream does for the real Lentils data. Anomalies are sparse by default
@@ -56,9 +56,14 @@ def class_reflectance(wavelengths: np.ndarray = WAVELENGTHS_NM) -> dict[int, np.
     """Mean reflectance (0..1) of each class at the given wavelengths."""
     wl = np.asarray(wavelengths, dtype=np.float64)
     t = (wl - 430.0) / 480.0
-    belt = 0.33 + 0.04 * t + 0.01 * np.sin(2.0 * np.pi * t)
+    belt = 0.31 + 0.03 * t + 0.06 * _sigmoid((wl - 790.0) / 45.0)
     black = 0.05 + 0.03 * t + 0.17 * _sigmoid((wl - 720.0) / 25.0)
-    brown = 0.10 + 0.20 * _sigmoid((wl - 560.0) / 35.0) + 0.10 * _sigmoid((wl - 760.0) / 40.0)
+    brown = (
+        0.10
+        + 0.22 * _sigmoid((wl - 560.0) / 35.0)
+        + 0.08 * _sigmoid((wl - 690.0) / 25.0)
+        - 0.03 * _sigmoid((wl - 840.0) / 40.0)
+    )
     stone = (
         0.19
         + 0.10 * t

@@ -284,11 +284,19 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
         detail = f"no {split} split (data.{split}_ids is empty)"
         return finish(_outcome(False, "no_split", detail, 0, 0, skipped_all("no_split", detail)))
     active = [p for p in plans if p.search is not None]
+    if not active:
+        detail = "no decider can be calibrated: " + "; ".join(p.skip_detail for p in plans)
+        return finish(_outcome(False, "none", detail, 0, 0, [_decider_report(p, "skipped", None, {}) for p in plans]))
     missing_target = [p for p in active if p.target is None]
     if missing_target:
         detail = "the pipeline produces no anomaly mask (a boolean 'mask' output) to calibrate against"
         return finish(_outcome(False, "ambiguous_mask", detail, 0, 0, skipped_all("ambiguous_mask", detail)))
 
+    # Run only what the calibration reads: the deciders' sources and the mask, with their ancestors (one
+    # forward per node that is not itself an ancestor of another needed node). Deciders, losses, metrics
+    # and visualizers downstream are skipped, and an unwired decider cannot break the pass.
+    needed = {p.source[0] for p in active if p.source} | {p.target[0] for p in active if p.target}
+    sinks = [n for n in pipeline.order if n in needed and not any(n in pipeline.ancestors(m) for m in needed - {n})]
     loader = datamodule.dataloader(split)
     total = len(ids)
     frames = anomalous = 0
@@ -298,7 +306,9 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
         with torch.no_grad():
             for batch_idx, batch in enumerate(loader):
                 ctx.check_cancelled()
-                out = pipeline(batch, Stage.VAL)
+                out: dict[str, Any] = {}
+                for sink in sinks:
+                    out.update(pipeline(batch, Stage.VAL, upto=sink))
                 bs = int(batch["cube"].shape[0]) if isinstance(batch.get("cube"), torch.Tensor) else 1
                 frame_mask: torch.Tensor | None = None
                 for p in active:

@@ -1,0 +1,218 @@
+"""Inference over gRPC vs the bare in-process forward, for RX on a 1x512x512x61 float32 cube.
+
+Not a test: prints figures. One run, one worker process on loopback, interleaved repetitions, medians.
+
+    .venv/bin/python bench/inference_bench.py [--reps 15] [--size 512] [--device cpu]
+
+What is measured (all times are wall-clock medians over the repetitions):
+
+* ``bare``     the same pipeline (same config, same weights) called in this process:
+               ``pipeline(batch, Stage.INFERENCE)`` under ``torch.no_grad()`` on a ready torch tensor;
+* ``rpc``      the client-side Inference call as an SDK user makes it: encode the cube into an
+               ``InferenceRequest`` with the codec, call, decode the requested outputs;
+* ``rpc_wire`` the same call, the request serialised with one copy of the cube
+               (``fastpath.encode_inference_request``) instead of building a protobuf message;
+* ``floor``    the wire request of ``rpc_wire`` for an unknown session: transport, decoding and the
+               error reply, no pipeline; the protocol cost any Inference pays;
+* ``server``   the worker's own pipeline time (its ``cuvis_worker_inference_duration_seconds``).
+
+The worker is trained statistically on the synthetic Lentils data (small frames) first; the bench
+checks that the RPC outputs equal the in-process outputs before timing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cuvis_cluster.engine.data.synthetic import generate_frame
+from cuvis_cluster.engine.nodes.base import NodeRegistry, Stage
+from cuvis_cluster.engine.pipeline import Pipeline, read_weights
+from cuvis_cluster.wire import codec
+from cuvis_cluster.wire.pb import pb, pb_grpc
+from cuvis_cluster.worker import fastpath
+
+OUTPUTS = ["rx_detector.scores", "decider.decisions"]
+MAX_MESSAGE = 1 << 30
+OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_worker(workdir: Path, device: str) -> tuple[subprocess.Popen, str, int]:
+    port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUVIS_")}
+    argv = [
+        str(Path(sys.executable).parent / "cuvis-worker"),
+        "--listen", f"127.0.0.1:{port}",
+        "--metrics-port", str(metrics_port),
+        "--output-dir", str(workdir / "outputs"),
+        "--device", device,
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"cuvis-worker exited with {proc.returncode}")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    break
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("cuvis-worker did not become healthy")
+            time.sleep(0.2)
+    return proc, address, metrics_port
+
+
+def server_inference_seconds(metrics_port: int) -> tuple[float, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = float(
+        re.search(r"^cuvis_worker_inference_duration_seconds_sum ([0-9.e+-]+)$", text, re.M).group(1)
+    )
+    count = float(
+        re.search(r"^cuvis_worker_inference_duration_seconds_count ([0-9.e+-]+)$", text, re.M).group(1)
+    )
+    return total, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="cuvis-bench-"))
+    proc, address, metrics_port = start_worker(workdir, args.device)
+    try:
+        run(address, metrics_port, args)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def run(address: str, metrics_port: int, args: argparse.Namespace) -> None:
+    channel = grpc.insecure_channel(address, options=OPTIONS)
+    stub = pb_grpc.CuvisAIServiceStub(channel)
+    raw_inference = channel.unary_unary(
+        "/cuvis_ai.v1.CuvisAIService/Inference", response_deserializer=pb.InferenceResponse.FromString
+    )
+
+    # Train RX statistically on the worker, save it, and build the same pipeline in this process.
+    session = stub.CreateSession(pb.CreateSessionRequest()).session_id
+    trainrun = json.loads(
+        stub.ResolveConfig(
+            pb.ResolveConfigRequest(
+                session_id=session, config_type="trainrun", path="trainrun/rx_statistical"
+            )
+        ).config_bytes
+    )
+    stub.SetTrainRunConfig(
+        pb.SetTrainRunConfigRequest(
+            session_id=session, config=pb.TrainRunConfig(config_bytes=json.dumps(trainrun).encode())
+        )
+    )
+    events = list(stub.Train(pb.TrainRequest(session_id=session, trainer_type=pb.TRAINER_TYPE_STATISTICAL)))
+    assert events[-1].status == pb.TRAIN_STATUS_COMPLETE, events[-1].message
+    saved = stub.SavePipeline(pb.SavePipelineRequest(session_id=session, pipeline_path="bench/rx.yaml"))
+    import yaml
+
+    pipeline = Pipeline.from_config(yaml.safe_load(Path(saved.pipeline_path).read_text()), NodeRegistry())
+    pipeline.load_weights_payload(read_weights(Path(saved.weights_path).read_bytes()), strict=True)
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    pipeline.to(device).eval()
+
+    frame = generate_frame(0, height=args.size, width=args.size, seed=1)
+    cube = np.ascontiguousarray(frame["cube"][None].astype(np.float32))  # 1 x S x S x 61 float32
+    wavelengths = frame["wavelengths"].astype(np.float32)
+    print(
+        f"cube {cube.shape} {cube.dtype} = {cube.nbytes / 2**20:.1f} MiB; outputs {OUTPUTS}; device {device}"
+    )
+
+    def bare() -> dict:
+        batch = {"cube": torch.from_numpy(cube), "wavelengths": torch.from_numpy(wavelengths)}
+        with torch.no_grad():
+            out = pipeline(batch, Stage.INFERENCE)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    def rpc() -> dict:
+        request = pb.InferenceRequest(session_id=session, output_specs=OUTPUTS)
+        request.inputs.cube.CopyFrom(codec.encode(cube))
+        request.inputs.wavelengths.CopyFrom(codec.encode(wavelengths))
+        reply = stub.Inference(request, timeout=120)
+        return {name: codec.decode(t) for name, t in reply.outputs.items()}
+
+    def rpc_wire() -> dict:
+        data = fastpath.encode_inference_request(session, {"cube": cube, "wavelengths": wavelengths}, OUTPUTS)
+        reply = raw_inference(data, timeout=120)
+        return {name: codec.decode(t) for name, t in reply.outputs.items()}
+
+    def floor() -> None:
+        data = fastpath.encode_inference_request(
+            "no-such-session", {"cube": cube, "wavelengths": wavelengths}
+        )
+        try:
+            raw_inference(data, timeout=120)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        else:
+            raise AssertionError("an unknown session must be NOT_FOUND")
+
+    # Same numbers both ways (the server runs the same weights on the same bytes).
+    local, remote, wire = bare(), rpc(), rpc_wire()
+    for name in OUTPUTS:
+        expected = local[name].cpu().numpy()
+        assert np.array_equal(expected, remote[name]) and np.array_equal(expected, wire[name]), name
+
+    timings: dict[str, list[float]] = {"bare": [], "rpc": [], "rpc_wire": [], "floor": []}
+    server: list[float] = []
+    for _ in range(args.reps):
+        for name, fn in (("bare", bare), ("rpc", rpc), ("rpc_wire", rpc_wire), ("floor", floor)):
+            before = server_inference_seconds(metrics_port)[0] if name == "rpc" else 0.0
+            started = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - started)
+            if name == "rpc":
+                server.append(server_inference_seconds(metrics_port)[0] - before)
+
+    med = {name: statistics.median(values) for name, values in timings.items()}
+    med["server"] = statistics.median(server)
+    print(f"repetitions: {args.reps} (interleaved), medians in ms")
+    for name in ("bare", "server", "rpc", "rpc_wire", "floor"):
+        print(f"  {name:9s} {med[name] * 1000:8.1f}")
+    print(f"ratio rpc/bare      = {med['rpc'] / med['bare']:.2f}   (goal <= 1.5 on CPU)")
+    print(f"ratio rpc_wire/bare = {med['rpc_wire'] / med['bare']:.2f}")
+    stub.CloseSession(pb.CloseSessionRequest(session_id=session))
+    channel.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""``cuvis-gateway``: the stateless, session-affine front door of a cuvis-ai cluster.
+
+Clients speak ``cuvis_ai.v1.CuvisAIService`` (plus health and reflection) to any gateway replica;
+each call is forwarded, without decoding its body, to the worker that holds its session
+(:mod:`cuvis_cluster.gateway.proxy`, :mod:`cuvis_cluster.gateway.router`). The session map lives in
+Redis (:mod:`cuvis_cluster.gateway.redis_schema`), so replicas share nothing but Redis.
+
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING, the listening socket closes, clients get GOAWAY, running
+calls and Train streams get ``--grace-seconds``; a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import grpc
+
+from cuvis_cluster import __version__
+from cuvis_cluster.common.serving import configure_logging
+from cuvis_cluster.common.settings import GatewaySettings
+from cuvis_cluster.common.telemetry import GatewayMetrics, serve_metrics
+from cuvis_cluster.gateway.h2link import SlabPool
+from cuvis_cluster.gateway.local import LOCAL_PATHS, OPEN_PATHS, LocalServices
+from cuvis_cluster.gateway.placement import PlacementPolicy
+from cuvis_cluster.gateway.proxy import FrontEnd, Upstreams
+from cuvis_cluster.gateway.registry import Registry, grpc_probe
+from cuvis_cluster.gateway.router import SessionRouter
+from cuvis_cluster.gateway.security import ServerTls, TokenFile, client_tls
+
+log = logging.getLogger("cuvis_cluster.gateway")
+
+DESCRIPTION = "Routes CUVIS.AI sessions to the workers that hold them (stateless; the session map is in Redis)."
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class _TlsAccept(asyncio.Protocol):
+    """Placeholder protocol of a fresh TCP connection until its TLS handshake is done."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self.gateway._handshake(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:  # start_tls takes over before any data is read
+        pass
+
+
+class Gateway:
+    """One gateway process: front end, router, registry, local services, metrics."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        metrics: GatewayMetrics | None = None,
+        policy: PlacementPolicy | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        if not settings.redis_url:
+            raise SystemExit("cuvis-gateway: --redis-url is required (the session routes live in Redis)")
+        self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
+        self.metrics.info.info({"version": __version__})
+        self.policy = policy
+        self.poll_interval = poll_interval
+        self.server: asyncio.AbstractServer | None = None
+        self.address = settings.listen
+        self.stopping = False
+        self.tls: ServerTls | None = None
+        self._handshakes: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.tls_client_ca and not s.tls_cert:
+            raise SystemExit("cuvis-gateway: --tls-client-ca needs --tls-cert and --tls-key (mTLS runs on TLS)")
+        if bool(s.tls_cert) != bool(s.tls_key):
+            raise SystemExit("cuvis-gateway: --tls-cert and --tls-key must be given together")
+        self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
+        tokens = TokenFile(s.auth_token_file) if s.auth_token_file else None
+        worker_ssl = None
+        probe_credentials = None
+        if s.worker_tls_ca or s.worker_tls_cert:
+            worker_ssl = client_tls(s.worker_tls_ca, s.worker_tls_cert, s.worker_tls_key)
+            probe_credentials = grpc.ssl_channel_credentials(
+                root_certificates=s.worker_tls_ca.read_bytes() if s.worker_tls_ca else None,
+                private_key=s.worker_tls_key.read_bytes() if s.worker_tls_key else None,
+                certificate_chain=s.worker_tls_cert.read_bytes() if s.worker_tls_cert else None,
+            )
+
+        async def probe(address: str) -> str | None:
+            return await grpc_probe(address, credentials=probe_credentials)
+
+        self.registry = Registry(
+            s.redis_url,  # type: ignore[arg-type]
+            heartbeat_ttl=s.heartbeat_ttl_seconds,
+            tombstone_ttl=s.idle_timeout_seconds,
+            metrics=self.metrics,
+            poll_interval=self.poll_interval,
+            probe=probe,
+        )
+        self.local = LocalServices(self.registry)
+        self.local.start()
+        pool = SlabPool()
+        self.upstreams = Upstreams(ssl_context=worker_ssl, server_name=s.worker_tls_server_name, pool=pool)
+        self.router = SessionRouter(
+            self.registry,
+            local_address=self.local.address,
+            local_paths=LOCAL_PATHS,
+            open_paths=OPEN_PATHS,
+            route_cache_seconds=s.route_cache_seconds,
+            policy=self.policy,
+            tokens=tokens,
+            mutual_tls=bool(s.tls_client_ca),
+            metrics=self.metrics,
+        )
+        self.frontend = FrontEnd(self.router, self.upstreams, metrics=self.metrics, pool=pool)
+        self.upstreams.on_lost = lambda address, exc: self.registry.connection_failed(address)
+        self.registry.on_lost.append(self._worker_lost)
+        self.registry.listeners.append(self._update_health)
+        self.registry.start()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.registry.polled_once.wait(), 5.0)
+
+        loop = asyncio.get_running_loop()
+        host, _, port = s.listen.rpartition(":")
+        factory = (lambda: _TlsAccept(self)) if self.tls else self.frontend.protocol_factory
+        try:
+            self.server = await loop.create_server(factory, host.strip("[]") or None, int(port), reuse_address=True)
+        except OSError as exc:
+            raise SystemExit(f"cuvis-gateway: cannot listen on {s.listen}: {exc.strerror or exc}") from None
+        sockname = self.server.sockets[0].getsockname()
+        self.address = f"{host}:{sockname[1]}"
+        serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
+        log.info(
+            "gateway on %s (%s), Redis %s, local services on %s",
+            self.address,
+            "mTLS" if s.tls_client_ca else "TLS" if self.tls else "plaintext",
+            s.redis_url,
+            self.local.address,
+        )
+
+    # -- TLS ---------------------------------------------------------------------------------------
+    def _handshake(self, transport: asyncio.Transport) -> None:
+        task = asyncio.ensure_future(self._start_tls(transport))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        assert self.tls is not None
+        loop = asyncio.get_running_loop()
+        link = self.frontend.protocol_factory()
+        try:
+            tls_transport = await loop.start_tls(
+                transport, link, self.tls.context(), server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            self.frontend.links.discard(link)
+            transport.abort()
+            return
+        except Exception as exc:  # noqa: BLE001 - ssl.SSLError and friends
+            log.info("TLS handshake from %s failed: %s", transport.get_extra_info("peername"), exc)
+            self.frontend.links.discard(link)
+            transport.abort()
+            return
+        if tls_transport is None:
+            self.frontend.links.discard(link)
+            return
+        ssl_object = tls_transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            log.info("client did not negotiate h2 over TLS; closing")
+            tls_transport.abort()
+            self.frontend.links.discard(link)
+            return
+        link.connection_made(tls_transport)
+
+    # -- state -------------------------------------------------------------------------------------
+    def _worker_lost(self, instance: str, address: str, reason: str, abort: bool) -> None:
+        if abort:
+            self.upstreams.drop(address)
+
+    def _update_health(self) -> None:
+        reg = self.registry
+        serving = not self.stopping and reg.redis_up and bool(reg.workers)
+        self.local.set_serving(serving, cluster_status=reg.redis_up and not self.stopping)
+
+    async def stop(self, grace: float | None = None, *, hurry: asyncio.Event | None = None) -> None:
+        grace = self.settings.grace_seconds if grace is None else grace
+        self.stopping = True
+        self.local.set_serving(False, cluster_status=False)
+        if self.server is not None:
+            self.server.close()
+        drain = asyncio.ensure_future(self.frontend.drain(grace))
+        if hurry is not None:
+            hurried = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({drain, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            hurried.cancel()
+            if not drain.done():
+                drain.cancel()
+                for call in list(self.frontend.calls):
+                    call.fail(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+        else:
+            await drain
+        self.upstreams.close()
+        await self.registry.stop()
+        self.local.shutdown()
+        log.info("gateway stopped")
+
+
+def _install_uvloop() -> None:
+    if os.environ.get("CUVIS_GATEWAY_LOOP", "uvloop") == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(settings: GatewaySettings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hurry = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("%s again: stopping without waiting for running calls", signal.Signals(signum).name)
+            hurry.set()
+        else:
+            log.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    gateway = Gateway(settings)
+    await gateway.start()
+    print(f"cuvis-gateway ready on {gateway.address} pid {os.getpid()}", flush=True)
+    await stop.wait()
+    await gateway.stop(hurry=hurry)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = GatewaySettings.from_args(argv, prog="cuvis-gateway", description=DESCRIPTION)
+    configure_logging(settings.log_level)
+    _install_uvloop()
+    sys.exit(asyncio.run(serve(settings)))
+
+
+if __name__ == "__main__":
+    main()
