@@ -3,9 +3,13 @@ server with grpc.health.v1: plaintext, TLS and mTLS, ready and alive modes."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -228,8 +232,6 @@ def test_the_probe_command_line(server, monkeypatch):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -239,10 +241,6 @@ def _free_port() -> int:
 def test_gateway_without_redis_is_alive_but_not_ready(tmp_path):
     """What the chart's probes rely on: during a Redis outage the real gateway stays alive (no restart)
     and leaves the Service (not ready)."""
-    import os
-    import signal
-    import time
-
     gateway = Path(sys.executable).parent / "cuvis-gateway"
     if not gateway.exists():
         pytest.skip("cuvis-gateway is not installed (pip install -e .)")
