@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cuvis_cluster.client import Client, Session, TrainStream, format_progress
-from cuvis_cluster.client._progress import attached_to_terminal
 from cuvis_cluster.client.settings import ClientSettings
 
 WAVELENGTHS_NM = np.arange(430, 911, 8, dtype=np.int32)  # 61 bands, as the synthetic Lentils data
@@ -61,22 +58,29 @@ def data_overrides(size: int, frames: int = 8) -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def local_cluster(workers: int) -> Iterator[str]:
-    """A local cluster (cuvis_cluster.localcluster) for the duration of the block; yields its address."""
+def _local_cluster_class():
     try:
-        from cuvis_cluster.localcluster import LocalCluster  # type: ignore[attr-defined]
+        from cuvis_cluster.localcluster.cluster import LocalCluster
     except ImportError as exc:
-        sys.exit(
-            f"--local-cluster needs cuvis_cluster.localcluster ({exc}); start `cuvis-cluster up` instead"
-        )
-    workdir = Path(tempfile.mkdtemp(prefix="cuvis-example-"))
-    try:
-        with LocalCluster(workers=workers, workdir=workdir) as cluster:
-            print(f"local cluster: gateway {cluster.address}, {workers} worker(s), files under {workdir}")
-            yield cluster.address
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        sys.exit(f"--local-cluster needs cuvis_cluster.localcluster ({exc}); run `cuvis-cluster up` instead")
+    return LocalCluster
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int, workdir: Path) -> Iterator[str]:
+    """Redis, ``workers`` workers and a gateway for the duration of the block; yields the gateway address.
+
+    Logs and the workers' server-side files stay under ``workdir``. The workers share one output
+    directory, as they share a volume in a real deployment, so a run saved by one worker can be
+    restored by another.
+    """
+    cls = _local_cluster_class()
+    workdir.mkdir(parents=True, exist_ok=True)
+    shared = (workdir / "outputs").resolve()
+    print(f"starting a local cluster with {workers} worker(s); logs under {workdir}")
+    with cls(workers=workers, workdir=workdir, worker_args=["--output-dir", str(shared)]) as cluster:
+        print(f"local cluster: gateway {cluster.address}")
+        yield cluster.address
 
 
 @contextlib.contextmanager
@@ -85,7 +89,7 @@ def connected(args: argparse.Namespace) -> Iterator[Client]:
     settings = ClientSettings.from_namespace(args)
     with contextlib.ExitStack() as stack:
         if args.local_cluster:
-            address = stack.enter_context(local_cluster(args.local_cluster))
+            address = stack.enter_context(local_cluster(args.local_cluster, Path(args.out) / "cluster"))
             settings = settings.model_copy(update={"address": address})
         client = stack.enter_context(settings.connect())
         client.wait_until_ready(settings.connect_timeout)
@@ -96,7 +100,7 @@ def run_training(session: Session, trainer: str, *, verbose: bool = False, **kwa
     """Train to the end; a tqdm bar on terminals, otherwise quiet unless ``verbose``; prints the result."""
     stream = session.train(trainer, **kwargs)
     for resp in stream:
-        if verbose and not attached_to_terminal():
+        if verbose and not sys.stderr.isatty():  # on a terminal the SDK draws a progress bar instead
             print(f"  [{trainer}] {format_progress(resp)}")
     if stream.last is not None:
         print(f"  [{trainer}] {format_progress(stream.last)}")

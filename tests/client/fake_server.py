@@ -174,7 +174,9 @@ class FakeService(pb_grpc.CuvisAIServiceServicer):
                 self.train_cancelled.set()
                 return
             if step == fail_at:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "loss_nodes: node 'bce' does not exist")
+                reason = "loss_nodes: node 'bce' does not exist"
+                yield pb.TrainResponse(status=pb.TRAIN_STATUS_ERROR, message=f"training failed: {reason}")
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
             resp = pb.TrainResponse(
                 status=pb.TRAIN_STATUS_RUNNING,
                 context=pb.Context(stage=pb.EXECUTION_STAGE_TRAIN, batch_idx=step, global_step=step + 1),
@@ -281,6 +283,7 @@ class FakeServer:
         slow_seconds: float = 0.0,
         cluster_status: bool = True,
         log_calls: bool = False,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.service = FakeService(slow_seconds=slow_seconds, log_calls=log_calls)
         self.server = grpc.server(
@@ -294,7 +297,10 @@ class FakeServer:
         self.health = health.HealthServicer()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        if credentials is None:
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         self.address = f"127.0.0.1:{self.port}"
 
     def start(self) -> FakeServer:

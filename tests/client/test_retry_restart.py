@@ -21,6 +21,8 @@ from cuvis_cluster.client import connect
 
 FAKE = str(Path(__file__).resolve().parent / "fake_server.py")
 
+pytestmark = pytest.mark.integration
+
 
 def _start(tmp_path: Path, port: int, name: str, *extra: str):
     return start_server(

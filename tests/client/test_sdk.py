@@ -289,7 +289,9 @@ def test_training_failure_raises_the_domain_error(client):
         with pytest.raises(errors.InvalidArgument, match="loss_nodes") as info:
             for resp in stream:
                 received.append(resp)
-        assert len(received) == 2 and info.value.method == "Train"
+        # The ERROR message is yielded, then the call's status arrives as the domain error.
+        assert [r.status for r in received] == [pb.TRAIN_STATUS_RUNNING] * 2 + [pb.TRAIN_STATUS_ERROR]
+        assert info.value.method == "Train" and info.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_train_without_config_is_failed_precondition(client):

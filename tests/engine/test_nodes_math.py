@@ -521,3 +521,12 @@ def test_false_rgb_band_choice() -> None:
     image = FalseRGBVisualizer()(cube=x, wavelengths=wl)["image"]
     assert image.dtype == torch.uint8 and image.shape == (1, 4, 4, 3)
     assert int(image[..., 0].min()) == 0 and int(image[..., 0].max()) == 255
+
+
+def test_average_precision_agrees_with_torchmetrics_on_probabilities() -> None:
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    torch.manual_seed(3)
+    probs = torch.rand(500)
+    labels = torch.rand(500) < 0.1
+    expected = tm.binary_average_precision(probs, labels.long())
+    assert float(average_precision(probs, labels)) == pytest.approx(float(expected), rel=1e-5)

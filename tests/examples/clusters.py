@@ -121,7 +121,7 @@ def start_cluster(workdir: Path, *, workers: int = 2, max_sessions: int = 8) -> 
 def local_cluster_api():
     """``cuvis_cluster.localcluster.LocalCluster`` when it exists, else None."""
     try:
-        from cuvis_cluster.localcluster import LocalCluster  # type: ignore[attr-defined]
+        from cuvis_cluster.localcluster.cluster import LocalCluster
     except ImportError:
         return None
     return LocalCluster
@@ -129,14 +129,15 @@ def local_cluster_api():
 
 def _from_local_cluster(workdir: Path, workers: int) -> Cluster:
     local_cluster = local_cluster_api()
+    output_dir = workdir / "outputs"  # shared by the workers, like the chart's shared outputs volume
     stack = contextlib.ExitStack()
     try:
-        running = stack.enter_context(local_cluster(workers=workers, workdir=workdir))
-        wait_for(lambda: _live_workers(running.address) == workers, timeout=120, what="live workers")
+        running = stack.enter_context(
+            local_cluster(workers=workers, workdir=workdir, worker_args=["--output-dir", str(output_dir)])
+        )
     except BaseException:
         stack.close()
         raise
-    output_dir = Path(getattr(running, "output_dir", workdir / "outputs"))
     return Cluster(address=running.address, workdir=workdir, output_dir=output_dir, _stack=stack)
 
 

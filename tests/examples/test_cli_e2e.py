@@ -16,7 +16,7 @@ from PIL import Image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SMALL = ["-o", "data.params.height=16", "-o", "data.params.width=16", "-o", "data.params.num_frames=6"]
+SMALL = ["-o", "data.params.height=16", "-o", "data.params.width=16"]
 
 
 def cli(cluster, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -17,7 +17,9 @@ STANDIN = Path(__file__).resolve().parent / "standin_worker.py"
 HEARTBEAT_TTL = "2"
 
 
-def start_standin(workdir: Path, redis_url: str, name: str, *args: str, port: int | None = None):
+def start_standin(
+    workdir: Path, redis_url: str, name: str, *args: str, port: int | None = None, credentials=None
+):
     port = port or procs.free_port()
     metrics_port = procs.free_port()
     argv = [
@@ -36,7 +38,13 @@ def start_standin(workdir: Path, redis_url: str, name: str, *args: str, port: in
         *args,
     ]
     return procs.start_server(
-        argv, name=name, log_dir=workdir, address=f"127.0.0.1:{port}", metrics_port=metrics_port, timeout=60
+        argv,
+        name=name,
+        log_dir=workdir,
+        address=f"127.0.0.1:{port}",
+        metrics_port=metrics_port,
+        timeout=60,
+        credentials=credentials,
     )
 
 

@@ -7,8 +7,9 @@ fencing, WorkerControl). It starts in well under a second, so routing and failur
 for torch.
 
 * CreateSession / CloseSession: sessions with owners (``x-cuvis-owner``), limited by --max-sessions;
-* Inference: answers with the request size and the CRC-32 of ``inputs.cube.raw_data`` as the shape of
-  ``outputs['request']``, and the serving worker's instance in ``metrics['worker.<instance>']``;
+* Inference: answers with the request size and (when ``output_specs`` has "crc") the CRC-32 of
+  ``inputs.cube.raw_data`` as the shape of ``outputs['request']``, and the serving worker's instance
+  in ``metrics['worker.<instance>']``;
 * Train: a stream of TrainResponse events every --train-interval seconds (``--train-steps``); a
   cancelled stream marks the session's train status CANCELLED (GetTrainStatus shows it);
 * ListAvailablePipelines: one pipeline named after the instance id (shows round-robin);
@@ -127,7 +128,9 @@ class Servicer(pb_grpc.CuvisAIServiceServicer):
             context.abort(exc.code, exc.message)
 
     def CreateSession(self, request, context):
-        return self._guard(context, lambda: pb.CreateSessionResponse(session_id=self.sessions.create(_owner(context)).id))
+        return self._guard(
+            context, lambda: pb.CreateSessionResponse(session_id=self.sessions.create(_owner(context)).id)
+        )
 
     def CloseSession(self, request, context):
         def run():
@@ -137,13 +140,16 @@ class Servicer(pb_grpc.CuvisAIServiceServicer):
         return self._guard(context, run)
 
     def ListAvailablePipelines(self, request, context):
-        return pb.ListAvailablePipelinesResponse(pipelines=[pb.PipelineInfo(pipeline_path=f"standin-{self.instance}")])
+        return pb.ListAvailablePipelinesResponse(
+            pipelines=[pb.PipelineInfo(pipeline_path=f"standin-{self.instance}")]
+        )
 
     def Inference(self, request, context):
         def run():
             self.sessions.get(request.session_id, _owner(context))
             # Exact figures go in a tensor shape (int64); metrics are float32.
-            seen = pb.Tensor(shape=[request.ByteSize(), zlib.crc32(request.inputs.cube.raw_data)])
+            crc = zlib.crc32(request.inputs.cube.raw_data) if "crc" in request.output_specs else 0
+            seen = pb.Tensor(shape=[request.ByteSize(), crc])
             return pb.InferenceResponse(outputs={"request": seen}, metrics={f"worker.{self.instance}": 1.0})
 
         return self._guard(context, run)

@@ -8,7 +8,9 @@ import pytest
 from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy, WorkerInfo
 
 
-def w(instance: str, sessions: int = 0, capacity: int = 4, free: int = 0, draining: bool = False) -> WorkerInfo:
+def w(
+    instance: str, sessions: int = 0, capacity: int = 4, free: int = 0, draining: bool = False
+) -> WorkerInfo:
     return WorkerInfo(instance, f"10.0.0.{instance}:50051", capacity, sessions, "cpu", free, 0, draining)
 
 
@@ -17,7 +19,9 @@ def test_fewest_sessions_first():
 
 
 def test_then_most_free_device_memory():
-    assert PlacementPolicy().choose([w("1", 1, free=10), w("2", 1, free=30), w("3", 2, free=99)]).instance == "2"
+    assert (
+        PlacementPolicy().choose([w("1", 1, free=10), w("2", 1, free=30), w("3", 2, free=99)]).instance == "2"
+    )
 
 
 def test_ties_rotate_so_sessions_spread():

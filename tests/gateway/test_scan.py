@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import zlib
 
 import grpc
@@ -47,14 +48,12 @@ other_field = st.one_of(
         lambda t: tag(t[0], 3) + tag(1, 0) + varint(t[1]) + tag(t[0], 4)
     ),
 )
-session_ids = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=64
-)
+session_ids = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=64)
 
 
 def feed_chunked(scanner: FieldScanner, data: bytes, cuts: list[int]) -> None:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         scanner.feed(memoryview(data)[a:b])
 
 

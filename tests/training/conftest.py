@@ -19,7 +19,12 @@ from cuvis_cluster.wire.pb import pb, pb_grpc
 @pytest.fixture(scope="package")
 def worker_dirs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("training-worker")
-    dirs = {"base": base, "plugins": base / "plugins", "outputs": base / "outputs", "outside": base / "outside"}
+    dirs = {
+        "base": base,
+        "plugins": base / "plugins",
+        "outputs": base / "outputs",
+        "outside": base / "outside",
+    }
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     return dirs

@@ -74,7 +74,10 @@ def test_calibration_skips_are_explained(stub, session):
     assert "val" in outcome.phase_detail
     assert all(d.status == pb.DECIDER_CALIBRATION_STATUS_SKIPPED for d in outcome.deciders)
 
-    single = {**trainrun["data"], "params": {**trainrun["data"]["params"], "anomaly_rate": 0.0, "min_anomalies": 0}}
+    single = {
+        **trainrun["data"],
+        "params": {**trainrun["data"]["params"], "anomaly_rate": 0.0, "min_anomalies": 0},
+    }
     request.data.config_bytes = json.dumps(single).encode()
     outcome = _outcome(list(stub.Train(request, timeout=120)))
     assert not outcome.applicable and outcome.phase_skip == pb.CALIBRATION_PHASE_SKIP_SINGLE_CLASS

@@ -17,11 +17,11 @@ LONG_RUN = ["training.trainer.max_epochs=200", "training.callbacks.early_stoppin
 
 def test_client_breaking_out_of_the_stream_cancels_the_run(stub, session):
     trainrun = prepared(stub, session, "channel_selector", LONG_RUN)
-    seen = 0
     # The seeds' early-stopping pattern: iterate and simply break; nothing else tells the server.
-    for _reply in stub.Train(pb.TrainRequest(session_id=session, trainer_type=GRADIENT), timeout=300):
-        seen += 1
-        if seen == 8:
+    for seen, _reply in enumerate(
+        stub.Train(pb.TrainRequest(session_id=session, trainer_type=GRADIENT), timeout=300)
+    ):
+        if seen == 7:
             break
     reply, waited = wait_status(stub, session, pb.TRAIN_STATUS_CANCELLED, timeout=2.0)
     print(f"\nGetTrainStatus reported CANCELLED {waited:.2f}s after the client broke out")

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 import pytest
-from trainlib import GRADIENT, STATISTICAL, hooks, prepared, resolve, set_trainrun, split_quality, status, train
+from trainlib import (
+    GRADIENT,
+    STATISTICAL,
+    hooks,
+    prepared,
+    resolve,
+    set_trainrun,
+    split_quality,
+    status,
+    train,
+)
 
 from cuvis_cluster.wire.pb import pb
 
@@ -23,7 +35,13 @@ CHANNEL_SELECTOR = [
 def _terminal_once(events: list, wanted: int) -> None:
     statuses = [e.status for e in events]
     assert statuses[-1] == wanted, events[-1].message
-    assert sum(s in (pb.TRAIN_STATUS_COMPLETE, pb.TRAIN_STATUS_ERROR, pb.TRAIN_STATUS_CANCELLED) for s in statuses) == 1
+    assert (
+        sum(
+            s in (pb.TRAIN_STATUS_COMPLETE, pb.TRAIN_STATUS_ERROR, pb.TRAIN_STATUS_CANCELLED)
+            for s in statuses
+        )
+        == 1
+    )
     assert set(statuses[:-1]) <= {pb.TRAIN_STATUS_RUNNING}
 
 
@@ -62,7 +80,9 @@ def test_channel_selector_two_phase_streams_progress_and_beats_untrained(stub, s
     val_end = hooks(events, pb.TRAIN_HOOK_VALIDATION_END)[-1]
     assert val_end.context.stage == pb.EXECUTION_STAGE_VAL and "metrics_anomaly/iou" in val_end.metrics
 
-    evaluated = {e.event.evaluation.split: e.event.evaluation for e in hooks(events, pb.TRAIN_HOOK_EVALUATION_END)}
+    evaluated = {
+        e.event.evaluation.split: e.event.evaluation for e in hooks(events, pb.TRAIN_HOOK_EVALUATION_END)
+    }
     test_eval = evaluated[pb.EXECUTION_STAGE_TEST]
     assert test_eval.status == pb.EVALUATION_STATUS_EVALUATED and test_eval.frames == 2
     assert "metrics_anomaly/average_precision" in test_eval.metrics
@@ -80,18 +100,23 @@ def test_deep_svdd_loss_decreases_and_beats_untrained_on_its_objective(stub, ses
     trainrun = prepared(stub, session, "deep_svdd", ["training.trainer.max_epochs=4"])
     untrained_quality = split_quality(stub, session, "scores.scores")
     # Evaluate the untrained model: a gradient run with no train batch only runs the post-fit evaluation.
-    no_fit = {**trainrun["training"], "trainer": {**trainrun["training"]["trainer"], "limit_train_batches": 0}}
+    no_fit = {
+        **trainrun["training"],
+        "trainer": {**trainrun["training"]["trainer"], "limit_train_batches": 0},
+    }
     baseline = train(stub, session, GRADIENT, training=no_fit)
     _terminal_once(baseline, pb.TRAIN_STATUS_COMPLETE)
     assert not hooks(baseline, pb.TRAIN_HOOK_TRAIN_PROGRESS)
-    untrained = {e.event.evaluation.split: e.event.evaluation for e in hooks(baseline, pb.TRAIN_HOOK_EVALUATION_END)}
+    untrained = {
+        e.event.evaluation.split: e.event.evaluation for e in hooks(baseline, pb.TRAIN_HOOK_EVALUATION_END)
+    }
 
     events = train(stub, session, GRADIENT)
     _terminal_once(events, pb.TRAIN_STATUS_COMPLETE)
     epoch_ends = hooks(events, pb.TRAIN_HOOK_EPOCH_END)
     losses = [e.losses["train_loss"] for e in epoch_ends]
     print(f"\ndeep_svdd train loss per epoch: {[round(v, 4) for v in losses]}")
-    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:], strict=False))
+    assert len(losses) == 4 and all(b < a for a, b in itertools.pairwise(losses))
     val_end = hooks(events, pb.TRAIN_HOOK_VALIDATION_END)
     assert len(val_end) == 4 and all("metrics_anomaly/iou" in e.metrics for e in val_end)
     assert all("lr-Adam" in e.metrics for e in epoch_ends)  # the learning_rate_monitor callback
@@ -100,13 +125,17 @@ def test_deep_svdd_loss_decreases_and_beats_untrained_on_its_objective(stub, ses
     assert len(restored) == 1 and restored[0].event.checkpoint.monitor == "metrics_anomaly/iou"
     assert restored[0].event.checkpoint.restored and restored[0].event.checkpoint.path.endswith(".ckpt")
 
-    trained = {e.event.evaluation.split: e.event.evaluation for e in hooks(events, pb.TRAIN_HOOK_EVALUATION_END)}
+    trained = {
+        e.event.evaluation.split: e.event.evaluation for e in hooks(events, pb.TRAIN_HOOK_EVALUATION_END)
+    }
     before = untrained[pb.EXECUTION_STAGE_TEST].metrics["test_loss"]
     after = trained[pb.EXECUTION_STAGE_TEST].metrics["test_loss"]
     quality = split_quality(stub, session, "scores.scores")
     print(f"deep_svdd test split soft-boundary loss untrained {before:.4f} -> trained {after:.4f}")
     print(f"deep_svdd test split AP  untrained {untrained_quality['ap']:.4f} -> trained {quality['ap']:.4f}")
-    print(f"deep_svdd test split IoU untrained {untrained_quality['iou']:.4f} -> trained {quality['iou']:.4f}")
+    print(
+        f"deep_svdd test split IoU untrained {untrained_quality['iou']:.4f} -> trained {quality['iou']:.4f}"
+    )
     assert after < before
 
 
@@ -138,10 +167,14 @@ def test_missing_unknown_loss_nodes_and_nothing_to_train_are_invalid_argument(st
 
 
 def test_gradient_before_statistical_is_failed_precondition(stub, session):
-    trainrun = resolve(stub, session, "trainrun/channel_selector", ["data.params.height=16", "data.params.width=16"])
+    trainrun = resolve(
+        stub, session, "trainrun/channel_selector", ["data.params.height=16", "data.params.width=16"]
+    )
     set_trainrun(stub, session, trainrun)
     _, error = _error_status(stub, session)
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "TRAINER_TYPE_STATISTICAL" in error.details()
+    assert (
+        error.code() == grpc.StatusCode.FAILED_PRECONDITION and "TRAINER_TYPE_STATISTICAL" in error.details()
+    )
 
 
 def test_capabilities_come_from_the_trainer_registry(stub):

@@ -29,7 +29,9 @@ class ScoreScaler(Node):
     """Multiplies scores by a factor."""
 
     INPUTS: ClassVar[dict[str, Port]] = {{"scores": Port("float32", ("B", "H", "W", 1))}}
-    OUTPUTS: ClassVar[dict[str, Port]] = {{"scaled": Port("float32", ("B", "H", "W", 1), description="factor x scores")}}
+    OUTPUTS: ClassVar[dict[str, Port]] = {{
+        "scaled": Port("float32", ("B", "H", "W", 1), description="factor x scores")
+    }}
     CATEGORY = "transform"
     TAGS = ("anomaly", "postprocessing")
 
@@ -53,7 +55,9 @@ def write_plugin(root: Path, factor: float = 2.0) -> str:
 
 def load_plugin(stub, session_id: str, manifest: dict | bytes) -> pb.LoadPluginResponse:
     raw = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-    return stub.LoadPlugin(pb.LoadPluginRequest(session_id=session_id, manifest=pb.PluginManifest(config_bytes=raw)))
+    return stub.LoadPlugin(
+        pb.LoadPluginRequest(session_id=session_id, manifest=pb.PluginManifest(config_bytes=raw))
+    )
 
 
 def pipeline_with_scaler(stub, session_id: str) -> dict:
@@ -66,7 +70,9 @@ def pipeline_with_scaler(stub, session_id: str) -> dict:
 
 def test_plugin_under_allowed_root_adds_a_node_a_pipeline_uses(stub, session, plugin_root):
     name = write_plugin(plugin_root)
-    reply = load_plugin(stub, session, {"name": name, "path": name, "nodes": ["ScoreScaler"], "tags": ["demo"]})
+    reply = load_plugin(
+        stub, session, {"name": name, "path": name, "nodes": ["ScoreScaler"], "tags": ["demo"]}
+    )
     assert reply.registered_plugin == name and not reply.error
 
     listed = stub.ListLoadedPlugins(pb.ListLoadedPluginsRequest(session_id=session)).plugins
@@ -74,7 +80,10 @@ def test_plugin_under_allowed_root_adds_a_node_a_pipeline_uses(stub, session, pl
     info = stub.GetPluginInfo(pb.GetPluginInfoRequest(session_id=session, plugin_name=name)).plugin
     assert info.type == "local" and Path(info.source) == (plugin_root / name).resolve()
 
-    nodes = {n.class_name: n for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest(session_id=session)).nodes}
+    nodes = {
+        n.class_name: n
+        for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest(session_id=session)).nodes
+    }
     scaler = nodes["ScoreScaler"]
     assert scaler.source == "plugin" and scaler.plugin_name == name
     assert scaler.category == pb.NODE_CATEGORY_TRANSFORM and pb.NODE_TAG_ANOMALY in scaler.tags
@@ -90,13 +99,20 @@ def test_plugin_under_allowed_root_adds_a_node_a_pipeline_uses(stub, session, pl
 
 def test_other_sessions_do_not_see_a_plugin(stub, session, plugin_root):
     name = write_plugin(plugin_root)
-    assert load_plugin(stub, session, {"name": name, "path": name, "nodes": ["ScoreScaler"]}).registered_plugin
+    assert load_plugin(
+        stub, session, {"name": name, "path": name, "nodes": ["ScoreScaler"]}
+    ).registered_plugin
     other = stub.CreateSession(pb.CreateSessionRequest()).session_id
     try:
-        nodes = {n.class_name for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest(session_id=other)).nodes}
+        nodes = {
+            n.class_name
+            for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest(session_id=other)).nodes
+        }
         assert "ScoreScaler" not in nodes and "RXGlobal" in nodes
         assert not stub.ListLoadedPlugins(pb.ListLoadedPluginsRequest(session_id=other)).plugins
-        code = rpc_code(lambda: stub.GetPluginInfo(pb.GetPluginInfoRequest(session_id=other, plugin_name=name)))
+        code = rpc_code(
+            lambda: stub.GetPluginInfo(pb.GetPluginInfoRequest(session_id=other, plugin_name=name))
+        )
         assert code == grpc.StatusCode.NOT_FOUND
         trainrun = pipeline_with_scaler(stub, other)
         with pytest.raises(grpc.RpcError) as info:
@@ -112,11 +128,15 @@ def test_other_sessions_do_not_see_a_plugin(stub, session, plugin_root):
 def test_plugins_outside_the_roots_are_refused(stub, session, plugin_root, outside_root):
     name = write_plugin(outside_root)
     for path in (str(outside_root / name), f"../outside/{name}", str(plugin_root / ".." / "outside" / name)):
-        code = rpc_code(lambda p=path: load_plugin(stub, session, {"name": "evil", "path": p, "nodes": ["ScoreScaler"]}))
+        code = rpc_code(
+            lambda p=path: load_plugin(stub, session, {"name": "evil", "path": p, "nodes": ["ScoreScaler"]})
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED, path
     # a symlink inside the root that points outside is refused as well
     (plugin_root / f"link_{name}").symlink_to(outside_root / name, target_is_directory=True)
-    code = rpc_code(lambda: load_plugin(stub, session, {"name": "evil", "path": f"link_{name}", "nodes": ["ScoreScaler"]}))
+    code = rpc_code(
+        lambda: load_plugin(stub, session, {"name": "evil", "path": f"link_{name}", "nodes": ["ScoreScaler"]})
+    )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     # nothing got registered
     assert not stub.ListLoadedPlugins(pb.ListLoadedPluginsRequest(session_id=session)).plugins
@@ -143,7 +163,9 @@ def test_bad_manifests(stub, session, plugin_root):
     (broken / "__init__.py").write_text("raise RuntimeError('plugin import exploded')\n")
     reply = load_plugin(stub, session, {"name": "broken", "path": broken.name, "nodes": ["X"]})
     assert "plugin import exploded" in reply.error
-    code = rpc_code(lambda: stub.GetPluginInfo(pb.GetPluginInfoRequest(session_id=session, plugin_name="nope")))
+    code = rpc_code(
+        lambda: stub.GetPluginInfo(pb.GetPluginInfoRequest(session_id=session, plugin_name="nope"))
+    )
     assert code == grpc.StatusCode.NOT_FOUND
 
 
@@ -155,5 +177,33 @@ def test_clear_plugin_cache_drops_cached_modules_and_sessions_keep_their_nodes(s
     assert cleared == 1
     assert stub.ClearPluginCache(pb.ClearPluginCacheRequest(plugin_name=name)).cleared_count == 0
     # the session keeps the node it registered
-    nodes = {n.class_name for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest(session_id=session)).nodes}
+    nodes = {
+        n.class_name for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest(session_id=session)).nodes
+    }
     assert "ScoreScaler" in nodes
+
+
+def test_a_plugin_train_run_restores_into_a_session_that_loaded_the_plugin(stub, session, plugin_root):
+    name = write_plugin(plugin_root)
+    manifest = {"name": name, "path": name, "nodes": ["ScoreScaler"]}
+    assert load_plugin(stub, session, manifest).registered_plugin == name
+    assert set_trainrun(stub, session, pipeline_with_scaler(stub, session)).pipeline_from_config
+    assert train(stub, session, STATISTICAL)[-1].status == pb.TRAIN_STATUS_COMPLETE
+    saved = stub.SaveTrainRun(
+        pb.SaveTrainRunRequest(session_id=session, trainrun_path=f"runs/{name}/run.yaml", save_weights=True)
+    )
+    before = infer(stub, session, [frame(6)], ["scaler.scaled"])
+
+    fresh = stub.CreateSession(pb.CreateSessionRequest()).session_id
+    try:
+        assert load_plugin(stub, fresh, manifest).registered_plugin == name
+        restored = stub.RestoreTrainRun(
+            pb.RestoreTrainRunRequest(
+                trainrun_path=saved.trainrun_path, weights_path=saved.weights_path, session_id=fresh
+            )
+        )
+        assert restored.session_id == fresh
+        after = infer(stub, fresh, [frame(6)], ["scaler.scaled"])
+        assert before["scaler.scaled"].tobytes() == after["scaler.scaled"].tobytes()
+    finally:
+        stub.CloseSession(pb.CloseSessionRequest(session_id=fresh))

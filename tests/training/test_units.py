@@ -63,7 +63,12 @@ def test_callbacks_build_from_config(tmp_path):
         learning_rate_monitor={},
     )
     built = registry.build_callbacks(cfg, registry.CallbackContext(checkpoint_dir=tmp_path))
-    assert [type(c).__name__ for c in built] == ["EarlyStopping", "EarlyStopping", "ModelCheckpoint", "LearningRateMonitor"]
+    assert [type(c).__name__ for c in built] == [
+        "EarlyStopping",
+        "EarlyStopping",
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+    ]
     bad = schemas.CallbacksConfig(checkpoint={"filename": "../escape"})
     with pytest.raises(InvalidArgument, match="filename"):
         registry.build_callbacks(bad, registry.CallbackContext(checkpoint_dir=tmp_path))
@@ -103,8 +108,11 @@ def test_profiler_moments_match_numpy(values):
 @pytest.mark.parametrize("dist", ["lognormal", "uniform", "exponential"])
 def test_p2_median_tracks_the_sample_median(dist):
     rng = np.random.default_rng(3)
-    values = {"lognormal": rng.lognormal(1.0, 0.5, 20000), "uniform": rng.uniform(1, 9, 20000),
-              "exponential": rng.exponential(2.0, 20000)}[dist]
+    values = {
+        "lognormal": rng.lognormal(1.0, 0.5, 20000),
+        "uniform": rng.uniform(1, 9, 20000),
+        "exponential": rng.exponential(2.0, 20000),
+    }[dist]
     est = P2Median()
     for v in values:
         est.add(float(v))
@@ -115,8 +123,10 @@ def test_p2_median_tracks_the_sample_median(dist):
 def test_profiler_skip_reset_stage_filter_and_threads():
     profiler = Profiler()
     profiler.configure(True, skip_first_n=2)
-    threads = [threading.Thread(target=lambda: [profiler.record("a", "inference", 1.0) for _ in range(100)])
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: [profiler.record("a", "inference", 1.0) for _ in range(100)])
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -178,7 +188,9 @@ def test_binary_search_finds_the_brute_force_f1_optimum(seed):
     assert after_m["f1"] == pytest.approx(best)
     decider.set_thresholds(threshold=after)
     d = decider(logits=logits)["decisions"]
-    assert float(confusion((d & targets).sum(), (d & ~targets).sum(), (~d & targets).sum())["f1"]) == pytest.approx(best)
+    assert float(
+        confusion((d & targets).sum(), (d & ~targets).sum(), (~d & targets).sum())["f1"]
+    ) == pytest.approx(best)
     assert after_m["f1"] >= before_m["f1"]
 
 
@@ -194,12 +206,20 @@ def test_a_decider_fed_by_nothing_is_skipped_as_nothing_wired(tmp_path):
             {"name": "wired", "type": "BinaryDecider"},
             {"name": "orphan", "type": "BinaryDecider"},
         ],
-        "connections": [{"source": "data.cube", "target": "rx.data"}, {"source": "rx.scores", "target": "wired.logits"}],
+        "connections": [
+            {"source": "data.cube", "target": "rx.data"},
+            {"source": "rx.scores", "target": "wired.logits"},
+        ],
     }
     pipeline = Pipeline.from_config(config, NodeRegistry(), extra_inputs=["logits"])
     engine = Engine(EngineConfig(configs_dir=Path("configs"), data_dir=tmp_path, output_dir=tmp_path))
-    data = {"data_module": "lentils_synthetic", "batch_size": 2, "train_ids": [0], "val_ids": [1, 2],
-            "params": {"height": 16, "width": 16, "num_frames": 3}}
+    data = {
+        "data_module": "lentils_synthetic",
+        "batch_size": 2,
+        "train_ids": [0],
+        "val_ids": [1, 2],
+        "params": {"height": 16, "width": 16, "num_frames": 3},
+    }
     ctx = TrainContext("calibration", None, pipeline, data, None, None, torch.device("cpu"), engine)
     run = TrainRun(run_calibration, ctx).start()
     events = run.events(timeout=60)

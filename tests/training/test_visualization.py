@@ -41,7 +41,9 @@ def test_session_pipeline_renders_in_every_format(stub, session):
     dot = visualize(stub, session_id=session, format="dot").image_data.decode()
     assert dot.lstrip().startswith("digraph") and all(name in dot for name in names)
     mermaid = visualize(stub, session_id=session, format="mermaid").image_data.decode()
-    assert mermaid.startswith("flowchart LR") and mermaid.count("-->") == len(trainrun["pipeline"]["connections"])
+    assert mermaid.startswith("flowchart LR") and mermaid.count("-->") == len(
+        trainrun["pipeline"]["connections"]
+    )
 
 
 def test_config_content_renders_without_a_session(stub, session):
@@ -56,12 +58,24 @@ def test_config_content_renders_without_a_session(stub, session):
 def test_bad_requests_are_invalid_argument(stub, session):
     pipeline = resolve(stub, session, "pipeline/rx_statistical", config_type="pipeline")
     content = yaml.safe_dump(pipeline)
-    assert rpc_code(lambda: visualize(stub, config_content=content, format="gif")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        rpc_code(lambda: visualize(stub, config_content=content, format="gif"))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     huge = content + "\n# " + "x" * (1 << 20)
-    assert rpc_code(lambda: visualize(stub, config_content=huge, format="dot")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        rpc_code(lambda: visualize(stub, config_content=huge, format="dot"))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     many = {"nodes": [{"name": f"n{i}", "type": "PerPixelUnitNorm"} for i in range(2001)]}
     code = rpc_code(lambda: visualize(stub, config_content=yaml.safe_dump(many), format="dot"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert rpc_code(lambda: visualize(stub, config_content="nodes: [", format="dot")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        rpc_code(lambda: visualize(stub, config_content="nodes: [", format="dot"))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert rpc_code(lambda: visualize(stub, format="svg")) == grpc.StatusCode.INVALID_ARGUMENT
-    assert rpc_code(lambda: visualize(stub, session_id=session, format="svg")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        rpc_code(lambda: visualize(stub, session_id=session, format="svg"))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )

@@ -28,9 +28,13 @@ STATISTICAL = pb.TRAINER_TYPE_STATISTICAL
 CALIBRATION = pb.TRAINER_TYPE_CALIBRATION
 
 
-def resolve(stub, session_id: str, path: str, overrides: Iterable[str] = (), config_type: str = "trainrun") -> dict:
+def resolve(
+    stub, session_id: str, path: str, overrides: Iterable[str] = (), config_type: str = "trainrun"
+) -> dict:
     reply = stub.ResolveConfig(
-        pb.ResolveConfigRequest(session_id=session_id, config_type=config_type, path=path, overrides=list(overrides))
+        pb.ResolveConfigRequest(
+            session_id=session_id, config_type=config_type, path=path, overrides=list(overrides)
+        )
     )
     return json.loads(reply.config_bytes)
 
@@ -43,7 +47,9 @@ def set_trainrun(stub, session_id: str, trainrun: dict) -> pb.SetTrainRunConfigR
     )
 
 
-def train(stub, session_id: str, trainer=GRADIENT, training: dict | None = None, timeout: float = 300) -> list:
+def train(
+    stub, session_id: str, trainer=GRADIENT, training: dict | None = None, timeout: float = 300
+) -> list:
     request = pb.TrainRequest(session_id=session_id, trainer_type=trainer)
     if training is not None:
         request.training.config_bytes = json.dumps(training).encode()
@@ -89,7 +95,8 @@ def batch_of(frames: list[dict]) -> pb.InputBatch:
 
 def infer(stub, session_id: str, frames: list[dict], wanted: Iterable[str] = ()) -> dict[str, np.ndarray]:
     reply = stub.Inference(
-        pb.InferenceRequest(session_id=session_id, inputs=batch_of(frames), output_specs=list(wanted)), timeout=120
+        pb.InferenceRequest(session_id=session_id, inputs=batch_of(frames), output_specs=list(wanted)),
+        timeout=120,
     )
     return {name: codec.decode(t).copy() for name, t in reply.outputs.items()}
 

@@ -311,10 +311,42 @@ def test_worker_with_redis_registers_announces_sessions_and_deregisters(tmp_path
             )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and "an-earlier-process" in info.value.details()
 
-        assert worker.terminate(timeout=60) == 0
+        # Drain (the gateway's / preStop's way out): no new sessions, health NOT_SERVING, and the worker
+        # leaves by itself once its last session is closed
+        from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
+
+        control = control_pb2_grpc.WorkerControlServiceStub(worker.channel())
+        drained = control.Drain(control_pb2.DrainRequest(grace_seconds=60))
+        assert drained.accepted and drained.sessions == 1
+        procs.wait_for(
+            lambda: procs.health_status(worker.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            timeout=10,
+            what="health to follow the draining flag",
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CreateSession(pb.CreateSessionRequest())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in info.value.details()
+        assert client.hget(f"cuvis:worker:{workers[0]}", "draining") == "1"
+        stub.CloseSession(pb.CloseSessionRequest(session_id=session_id))
+        assert worker.proc.wait(timeout=60) == 0
         assert not client.exists(f"cuvis:worker:{workers[0]}")
         assert not client.exists(f"cuvis:route:{session_id}")
     finally:
         client.close()
         worker.stop()
         store.stop()
+
+
+def test_a_busy_port_is_a_clear_start_up_error(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        worker = procs.start_worker(tmp_path, "--device", "cpu", port=port, metrics=False, wait=False)
+        try:
+            assert worker.proc.wait(timeout=120) == 2
+            assert "cannot start" in worker.log() and f"127.0.0.1:{port}" in worker.log()
+        finally:
+            worker.stop()

@@ -364,3 +364,25 @@ def test_search_paths_outside_the_roots_are_rejected(stub, session, tmp_path):
     assert reply.success
     assert set(reply.rejected_paths) == {"/etc", str(tmp_path / "missing")}
     assert json.dumps(list(reply.current_paths))
+
+
+# ------------------------------------------------------------------------------------- more of issue 3's list
+
+
+def test_trainrun_config_errors(stub, session):
+    empty = pb.SetTrainRunConfigRequest(session_id=session, config=pb.TrainRunConfig(config_bytes=b""))
+    assert rpc_error(stub.SetTrainRunConfig, empty).code() == grpc.StatusCode.INVALID_ARGUMENT
+    trainrun = resolve(stub, session, "trainrun", "trainrun/rx_statistical", SMALL_DATA)
+    del trainrun["pipeline"]
+    error = rpc_error(set_trainrun, stub, session, trainrun)  # no pipeline in it and none loaded
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_schema_and_discovery_errors(stub):
+    error = rpc_error(stub.GetParameterSchema, pb.GetParameterSchemaRequest(config_type="no_such_type"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    for path in ("../etc/passwd.yaml", "/etc/passwd.yaml", "rx_statistical"):
+        error = rpc_error(stub.GetPipelineInfo, pb.GetPipelineInfoRequest(pipeline_path=path))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+    error = rpc_error(stub.GetPipelineInfo, pb.GetPipelineInfoRequest(pipeline_path="missing.yaml"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND

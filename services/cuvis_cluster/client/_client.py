@@ -156,6 +156,7 @@ class TrainStream:
         self._bar: ProgressBar | None = None
         self._done = False
         self._cancelled = False
+        self._terminal = False
         self.last: pb.TrainResponse | None = None
         self.messages = 0
         self.stopped_early = False
@@ -186,7 +187,8 @@ class TrainStream:
                 self._bar = ProgressBar(self._description)
             self._bar.update(resp)
         if resp.status in TERMINAL_STATUSES:
-            self._finish()
+            # Keep reading: the call's own status follows (e.g. INVALID_ARGUMENT after an ERROR message).
+            self._terminal = True
         elif self._early_stop is not None and self._early_stop(resp):
             self.stopped_early = True
             self.cancel()
@@ -201,10 +203,12 @@ class TrainStream:
     # control ---------------------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Cancel the Train call; the worker stops the run and the session stays usable."""
-        if not self._done:
+        if self._done:
+            return
+        if not self._terminal:  # after the terminal message there is no run left to stop
             self._cancelled = True
-            self._call.cancel()
-            self._finish()
+        self._call.cancel()
+        self._finish()
 
     @property
     def cancelled(self) -> bool:

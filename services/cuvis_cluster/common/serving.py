@@ -23,7 +23,6 @@ Typical use::
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -526,9 +525,8 @@ class GrpcServer:
 
 
 def configure_logging(level: str) -> None:
-    """Plain timestamped logs on stderr, level from settings; grpc's own chatter stays at WARNING."""
+    """Plain timestamped logs on stderr, level from settings."""
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
     )
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

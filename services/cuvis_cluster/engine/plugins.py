@@ -7,7 +7,7 @@ A plugin is a local Python package or directory, declared by a JSON manifest::
      "nodes": ["Threshold", "prep:MinMax"], # class names in the top-level module, or "module:Class"
      "tags": ["demo"], "description": "..."}
 
-Upstream's spelling ``capabilities: [{"class_name": "acme_nodes.prep.MinMax", "category": ..., "tags": [...]}]``
+Upstream's spelling ``capabilities: [{"class_name": "acme_nodes.prep.MinMax", "category": .., "tags": []}]``
 is accepted as well (a dotted class name is read as ``module.Class`` inside the plugin).
 
 Rules:
@@ -84,9 +84,13 @@ class PluginManifest(BaseModel):
             return data
         data = dict(data)
         if data.get("repo") and not data.get("path"):
-            raise ValueError("git sources ('repo'/'tag') are not supported; give a local 'path' under a plugin root")
+            raise ValueError(
+                "git sources ('repo'/'tag') are not supported; give a local 'path' under a plugin root"
+            )
         if "nodes" not in data and isinstance(data.get("capabilities"), list):
-            data["nodes"] = [c for c in data["capabilities"] if not isinstance(c, dict) or c.get("kind", "node") == "node"]
+            data["nodes"] = [
+                c for c in data["capabilities"] if not isinstance(c, dict) or c.get("kind", "node") == "node"
+            ]
         if isinstance(data.get("nodes"), list):
             data["nodes"] = [{"class_name": n} if isinstance(n, str) else n for n in data["nodes"]]
         return data
@@ -156,7 +160,8 @@ class PluginManager:
     def resolve_source(self, raw: str) -> Path:
         if not self.roots:
             raise PermissionDenied(
-                "no plugin roots are configured on this worker (--plugin-dirs / CUVIS_PLUGIN_DIRS); plugins are refused",
+                "no plugin roots are configured on this worker (--plugin-dirs / CUVIS_PLUGIN_DIRS); "
+                "plugins are refused",
                 field="path",
             )
         given = Path(raw).expanduser()
@@ -191,7 +196,8 @@ class PluginManager:
             manifest = PluginManifest.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors(include_url=False)
+                f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
             )
             return "", f"invalid plugin manifest: {problems}"
         try:
@@ -217,7 +223,9 @@ class PluginManager:
             for entry in manifest.nodes:
                 cls = self._find_class(top, root_name, source, entry.class_name, manifest.name)
                 if cls.__name__ in BUILTIN:
-                    raise PluginError(f"class {cls.__name__} would shadow the built-in node type of that name")
+                    raise PluginError(
+                        f"class {cls.__name__} would shadow the built-in node type of that name"
+                    )
                 cls.type_name = cls.__name__  # not the (possibly inherited) type name of a built-in base
                 classes[cls.__name__] = cls
                 entries[cls.__name__] = entry

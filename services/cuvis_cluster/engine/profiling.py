@@ -34,7 +34,7 @@ STAGE_NAMES = ("train", "val", "test", "inference")
 class P2Median:
     """Streaming median estimate with the P² algorithm (five markers, no stored samples)."""
 
-    __slots__ = ("_dn", "_desired", "_heights", "_initial", "_positions")
+    __slots__ = ("_desired", "_dn", "_heights", "_initial", "_positions")
 
     def __init__(self) -> None:
         self._initial: list[float] = []
@@ -148,9 +148,8 @@ class Profiler:
         skip_first_n: int | None = None,
     ) -> bool:
         """Apply a SetProfiling request; unset options keep their current value. Returns ``enabled``."""
-        if skip_first_n is not None:
-            if int(skip_first_n) < 0:
-                raise InvalidArgument(f"skip_first_n must be >= 0, got {skip_first_n}", field="skip_first_n")
+        if skip_first_n is not None and int(skip_first_n) < 0:
+            raise InvalidArgument(f"skip_first_n must be >= 0, got {skip_first_n}", field="skip_first_n")
         with self._lock:
             if skip_first_n is not None:
                 self.skip_first_n = int(skip_first_n)
@@ -199,7 +198,9 @@ class Profiler:
         """One dict per recorded (node, stage), optionally only for ``stage``, in first-seen order."""
         wanted = None if stage is None else _stage_name(stage)
         if wanted is not None and wanted not in STAGE_NAMES:
-            raise InvalidArgument(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}", field="stage")
+            raise InvalidArgument(
+                f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}", field="stage"
+            )
         with self._lock:
             rows = []
             for (node, stage_name), s in self._stats.items():

@@ -37,7 +37,9 @@ CATEGORY_COLOURS = {
 def normalize_format(fmt: str | None) -> str:
     value = (fmt or "").strip().lower() or DEFAULT_FORMAT
     if value not in FORMATS:
-        raise InvalidArgument(f"unknown visualization format {fmt!r}; expected one of {', '.join(FORMATS)}", field="format")
+        raise InvalidArgument(
+            f"unknown visualization format {fmt!r}; expected one of {', '.join(FORMATS)}", field="format"
+        )
     return value
 
 
@@ -46,16 +48,21 @@ def parse_config_content(content: str | bytes) -> dict[str, Any]:
     raw = content.encode() if isinstance(content, str) else bytes(content)
     if len(raw) > MAX_CONFIG_BYTES:
         raise InvalidArgument(
-            f"config_content is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES} bytes", field="config_content"
+            f"config_content is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES} bytes",
+            field="config_content",
         )
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidArgument(f"config_content is neither YAML nor JSON: {exc}", field="config_content") from None
+        raise InvalidArgument(
+            f"config_content is neither YAML nor JSON: {exc}", field="config_content"
+        ) from None
     if isinstance(data, dict) and "nodes" not in data and isinstance(data.get("pipeline"), dict):
         data = data["pipeline"]
     if not isinstance(data, dict):
-        raise InvalidArgument("config_content must be a pipeline mapping with 'nodes'", field="config_content")
+        raise InvalidArgument(
+            "config_content must be a pipeline mapping with 'nodes'", field="config_content"
+        )
     return data
 
 
@@ -63,7 +70,9 @@ def graph_from_config(config: dict[str, Any], categories: dict[str, str] | None 
     """Validated ``{"name", "nodes": [(name, type, category)], "edges": [(src, sport, dst, dport)]}``."""
     nodes = config.get("nodes") if isinstance(config, dict) else None
     connections = config.get("connections") if isinstance(config, dict) else None
-    count = (len(nodes) if isinstance(nodes, list) else 0) + (len(connections) if isinstance(connections, list) else 0)
+    count = (len(nodes) if isinstance(nodes, list) else 0) + (
+        len(connections) if isinstance(connections, list) else 0
+    )
     if count > MAX_ELEMENTS:
         raise InvalidArgument(
             f"the pipeline has {count} nodes and connections; the visualization limit is {MAX_ELEMENTS}",
@@ -111,7 +120,9 @@ def to_mermaid(graph: dict[str, Any]) -> str:
     lines = ["flowchart LR"]
     for name, type_name, _category in graph["nodes"]:
         ids[name] = f"n{len(ids)}"
-        lines.append(f'    {ids[name]}["{_mermaid_text(name)}<br/><small>{_mermaid_text(type_name)}</small>"]')
+        lines.append(
+            f'    {ids[name]}["{_mermaid_text(name)}<br/><small>{_mermaid_text(type_name)}</small>"]'
+        )
     for src, sport, dst, dport in graph["edges"]:
         for end in (src, dst):
             if end not in ids:
@@ -138,10 +149,14 @@ def render(graph: dict[str, Any], fmt: str) -> bytes:
         ) from None
     except graphviz.CalledProcessError as exc:
         detail = (exc.stderr or b"").decode(errors="replace").strip()
-        raise InvalidArgument(f"Graphviz could not render the pipeline: {detail or exc}", field="config_content") from None
+        raise InvalidArgument(
+            f"Graphviz could not render the pipeline: {detail or exc}", field="config_content"
+        ) from None
 
 
-def visualize_config(config: dict[str, Any], fmt: str | None, categories: dict[str, str] | None = None) -> tuple[bytes, str]:
+def visualize_config(
+    config: dict[str, Any], fmt: str | None, categories: dict[str, str] | None = None
+) -> tuple[bytes, str]:
     fmt = normalize_format(fmt)
     return render(graph_from_config(config, categories), fmt), fmt
 

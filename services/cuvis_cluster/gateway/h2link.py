@@ -34,7 +34,9 @@ from cuvis_cluster.gateway.hpackfast import Decoder, Encoder, HpackError
 log = logging.getLogger(__name__)
 
 # Frame types (RFC 9113 section 6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
 # Flags.
 FLAG_END_STREAM = 0x1
 FLAG_ACK = 0x1
@@ -276,6 +278,10 @@ class Link(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         self.ssl_object = transport.get_extra_info("ssl_object")
         if self.ssl_object is not None:
+            if self.ssl_object.selected_alpn_protocol() != "h2":
+                log.info("%s: TLS peer did not negotiate h2 (ALPN); closing", self.name or "connection")
+                transport.close()
+                return
             self.peer_cert = self.ssl_object.getpeercert()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -313,7 +319,7 @@ class Link(asyncio.BufferedProtocol):
             if leg.handler is not None:
                 try:
                     leg.handler.leg_lost(leg, exc)
-                except Exception:  # noqa: BLE001 - one bad handler must not stop the others
+                except Exception:
                     log.exception("leg_lost handler failed")
         if self.on_lost is not None:
             cb, self.on_lost = self.on_lost, None
@@ -473,7 +479,7 @@ class Link(asyncio.BufferedProtocol):
             if window < 0:
                 raise _LinkError(FLOW_CONTROL_ERROR, f"peer overran the window of stream {sid}")
 
-    def _frame(self, ftype: int, flags: int, sid: int, payload: memoryview) -> None:  # noqa: C901
+    def _frame(self, ftype: int, flags: int, sid: int, payload: memoryview) -> None:
         if ftype == HEADERS:
             if sid == 0:
                 raise _LinkError(PROTOCOL_ERROR, "HEADERS on stream 0")
@@ -491,7 +497,12 @@ class Link(asyncio.BufferedProtocol):
             if flags & FLAG_END_HEADERS:
                 self._headers(sid, flags, fragment)
             else:
-                self._hb_sid, self._hb_flags, self._hb_parts, self._hb_size = sid, flags, [fragment], len(fragment)
+                self._hb_sid, self._hb_flags, self._hb_parts, self._hb_size = (
+                    sid,
+                    flags,
+                    [fragment],
+                    len(fragment),
+                )
         elif ftype == CONTINUATION:
             if not self._hb_parts or sid != self._hb_sid:
                 raise _LinkError(PROTOCOL_ERROR, "unexpected CONTINUATION")

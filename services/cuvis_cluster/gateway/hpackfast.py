@@ -110,7 +110,7 @@ class Decoder:
         if huff:
             try:
                 raw = decode_huffman(raw)
-            except Exception as exc:  # noqa: BLE001 - hpack raises its own error types
+            except Exception as exc:
                 raise HpackError(f"bad huffman string: {exc}") from None
         return bytes(raw), end
 

@@ -31,6 +31,16 @@ LOCAL_PATHS = (
     f"/{CLUSTER_STATUS_SERVICE}/".encode(),
 )
 OPEN_PATHS = (f"/{HEALTH_SERVICE_NAME}/".encode(),)
+# Known methods keep their name as a metrics label; anything else under LOCAL_PATHS is "unknown".
+LOCAL_METHODS = frozenset(
+    {
+        f"/{HEALTH_SERVICE_NAME}/Check".encode(),
+        f"/{HEALTH_SERVICE_NAME}/Watch".encode(),
+        b"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        b"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        f"/{CLUSTER_STATUS_SERVICE}/ListWorkers".encode(),
+    }
+)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class ClusterStatusServicer(control_pb2_grpc.ClusterStatusServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def ListWorkers(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+    def ListWorkers(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not self.registry.redis_up:
             context.abort(grpc.StatusCode.UNAVAILABLE, self.registry.unavailable_message())
         workers = sorted(self.registry.workers, key=lambda w: w.address)
@@ -73,12 +83,15 @@ class ClusterStatusServicer(control_pb2_grpc.ClusterStatusServiceServicer):
 
 class LocalServices:
     def __init__(self, registry: Registry) -> None:
-        self.server = GrpcServer(_LocalSettings(), reflection_enabled=True, max_workers=4, component="gateway-local")
+        self.server = GrpcServer(
+            _LocalSettings(), reflection_enabled=True, max_workers=4, component="gateway-local"
+        )
         servicer = ClusterStatusServicer(registry)
         # CuvisAIService is registered for reflection only; its calls never reach this server.
         self.server.add_service(SERVICE_NAME, lambda s: None)
         self.server.add_service(
-            CLUSTER_STATUS_SERVICE, lambda s: control_pb2_grpc.add_ClusterStatusServiceServicer_to_server(servicer, s)
+            CLUSTER_STATUS_SERVICE,
+            lambda s: control_pb2_grpc.add_ClusterStatusServiceServicer_to_server(servicer, s),
         )
         self._serving: bool | None = None
 

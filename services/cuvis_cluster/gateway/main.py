@@ -16,7 +16,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+
 import grpc
 
 from cuvis_cluster import __version__
@@ -24,7 +26,7 @@ from cuvis_cluster.common.serving import configure_logging
 from cuvis_cluster.common.settings import GatewaySettings
 from cuvis_cluster.common.telemetry import GatewayMetrics, serve_metrics
 from cuvis_cluster.gateway.h2link import SlabPool
-from cuvis_cluster.gateway.local import LOCAL_PATHS, OPEN_PATHS, LocalServices
+from cuvis_cluster.gateway.local import LOCAL_METHODS, LOCAL_PATHS, OPEN_PATHS, LocalServices
 from cuvis_cluster.gateway.placement import PlacementPolicy
 from cuvis_cluster.gateway.proxy import FrontEnd, Upstreams
 from cuvis_cluster.gateway.registry import Registry, grpc_probe
@@ -33,21 +35,10 @@ from cuvis_cluster.gateway.security import ServerTls, TokenFile, client_tls
 
 log = logging.getLogger("cuvis_cluster.gateway")
 
-DESCRIPTION = "Routes CUVIS.AI sessions to the workers that hold them (stateless; the session map is in Redis)."
+DESCRIPTION = (
+    "Routes CUVIS.AI sessions to the workers that hold them (stateless; the session map is in Redis)."
+)
 TLS_HANDSHAKE_TIMEOUT = 10.0
-
-
-class _TlsAccept(asyncio.Protocol):
-    """Placeholder protocol of a fresh TCP connection until its TLS handshake is done."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        self.gateway._handshake(transport)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:  # start_tls takes over before any data is read
-        pass
 
 
 class Gateway:
@@ -73,11 +64,15 @@ class Gateway:
         self.stopping = False
         self.tls: ServerTls | None = None
         self._handshakes: set[asyncio.Task] = set()
+        self._accept_task: asyncio.Task | None = None
+        self._tls_socket: socket.socket | None = None
 
     async def start(self) -> None:
         s = self.settings
         if s.tls_client_ca and not s.tls_cert:
-            raise SystemExit("cuvis-gateway: --tls-client-ca needs --tls-cert and --tls-key (mTLS runs on TLS)")
+            raise SystemExit(
+                "cuvis-gateway: --tls-client-ca needs --tls-cert and --tls-key (mTLS runs on TLS)"
+            )
         if bool(s.tls_cert) != bool(s.tls_key):
             raise SystemExit("cuvis-gateway: --tls-cert and --tls-key must be given together")
         self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
@@ -109,8 +104,9 @@ class Gateway:
         self.upstreams = Upstreams(ssl_context=worker_ssl, server_name=s.worker_tls_server_name, pool=pool)
         self.router = SessionRouter(
             self.registry,
-            local_address=self.local.address,
+            local_address=f"local:{self.local.address}",
             local_paths=LOCAL_PATHS,
+            local_methods=LOCAL_METHODS,
             open_paths=OPEN_PATHS,
             route_cache_seconds=s.route_cache_seconds,
             policy=self.policy,
@@ -128,12 +124,21 @@ class Gateway:
 
         loop = asyncio.get_running_loop()
         host, _, port = s.listen.rpartition(":")
-        factory = (lambda: _TlsAccept(self)) if self.tls else self.frontend.protocol_factory
         try:
-            self.server = await loop.create_server(factory, host.strip("[]") or None, int(port), reuse_address=True)
+            if self.tls is None:
+                self.server = await loop.create_server(
+                    self.frontend.protocol_factory, host.strip("[]") or None, int(port), reuse_address=True
+                )
+                sockname = self.server.sockets[0].getsockname()
+            else:
+                # TLS connections are accepted here and wrapped with the *current* SSLContext, so that
+                # rotated certificate files apply to new connections without a restart.
+                self._tls_socket = socket.create_server((host.strip("[]"), int(port)), backlog=1024)
+                self._tls_socket.setblocking(False)
+                sockname = self._tls_socket.getsockname()
+                self._accept_task = asyncio.ensure_future(self._accept_tls(self._tls_socket))
         except OSError as exc:
             raise SystemExit(f"cuvis-gateway: cannot listen on {s.listen}: {exc.strerror or exc}") from None
-        sockname = self.server.sockets[0].getsockname()
         self.address = f"{host}:{sockname[1]}"
         serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
         log.info(
@@ -145,39 +150,33 @@ class Gateway:
         )
 
     # -- TLS ---------------------------------------------------------------------------------------
-    def _handshake(self, transport: asyncio.Transport) -> None:
-        task = asyncio.ensure_future(self._start_tls(transport))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _peer = await loop.sock_accept(listener)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.ensure_future(self._start_tls(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
 
-    async def _start_tls(self, transport: asyncio.Transport) -> None:
+    async def _start_tls(self, conn: socket.socket) -> None:
         assert self.tls is not None
         loop = asyncio.get_running_loop()
         link = self.frontend.protocol_factory()
         try:
-            tls_transport = await loop.start_tls(
-                transport, link, self.tls.context(), server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            await loop.connect_accepted_socket(
+                lambda: link, conn, ssl=self.tls.context(), ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
             )
-        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-            log.debug("TLS handshake failed: %s", exc)
+        except Exception as exc:
+            log.info("TLS handshake failed: %s", exc)
             self.frontend.links.discard(link)
-            transport.abort()
-            return
-        except Exception as exc:  # noqa: BLE001 - ssl.SSLError and friends
-            log.info("TLS handshake from %s failed: %s", transport.get_extra_info("peername"), exc)
-            self.frontend.links.discard(link)
-            transport.abort()
-            return
-        if tls_transport is None:
-            self.frontend.links.discard(link)
-            return
-        ssl_object = tls_transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
-            log.info("client did not negotiate h2 over TLS; closing")
-            tls_transport.abort()
-            self.frontend.links.discard(link)
-            return
-        link.connection_made(tls_transport)
+            conn.close()
 
     # -- state -------------------------------------------------------------------------------------
     def _worker_lost(self, instance: str, address: str, reason: str, abort: bool) -> None:
@@ -195,6 +194,10 @@ class Gateway:
         self.local.set_serving(False, cluster_status=False)
         if self.server is not None:
             self.server.close()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if self._tls_socket is not None:
+            self._tls_socket.close()
         drain = asyncio.ensure_future(self.frontend.drain(grace))
         if hurry is not None:
             hurried = asyncio.ensure_future(hurry.wait())

@@ -55,7 +55,9 @@ class PlacementPolicy:
 
     def choose(self, workers: Sequence[WorkerInfo]) -> WorkerInfo:
         if not workers:
-            raise NoWorker(grpc.StatusCode.UNAVAILABLE, "no_workers", "no worker is registered with the cluster")
+            raise NoWorker(
+                grpc.StatusCode.UNAVAILABLE, "no_workers", "no worker is registered with the cluster"
+            )
         pool = self.candidates(workers)
         if not pool:
             draining = sum(1 for w in workers if w.draining)

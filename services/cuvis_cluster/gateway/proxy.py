@@ -91,7 +91,7 @@ class Router:
 
 
 class Upstreams:
-    """Pooled HTTP/2 connections to workers (and to the in-process local services)."""
+    """Pooled HTTP/2 connections to workers (and to the gateway's local services, ``local:HOST:PORT``)."""
 
     def __init__(self, *, ssl_context: Any = None, server_name: str | None = None, pool: SlabPool) -> None:
         self.ssl_context = ssl_context
@@ -124,19 +124,24 @@ class Upstreams:
         def factory() -> Link:
             return Link(client_side=True, on_lost=self._lost, pool=self.pool, name=f"upstream {address}")
 
-        local = address.startswith("unix:")
         try:
-            if local:
+            if address.startswith("unix:"):
                 coro = loop.create_unix_connection(factory, address[5:])
             else:
-                host, _, port = address.rpartition(":")
+                # "local:HOST:PORT" is the gateway's own services: loopback, never TLS.
+                local = address.startswith("local:")
+                host, _, port = address.removeprefix("local:").rpartition(":")
                 host = host.strip("[]")
-                ssl = self.ssl_context
+                ssl = None if local else self.ssl_context
                 coro = loop.create_connection(
-                    factory, host, int(port), ssl=ssl, server_hostname=(self.server_name or host) if ssl else None
+                    factory,
+                    host,
+                    int(port),
+                    ssl=ssl,
+                    server_hostname=(self.server_name or host) if ssl else None,
                 )
             _transport, link = await asyncio.wait_for(coro, CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise GatewayError(UNAVAILABLE, f"cannot connect to worker {address}: {_reason(exc)}") from None
         link.extra["address"] = address
         self._links.setdefault(address, []).append(link)
@@ -149,7 +154,7 @@ class Upstreams:
             links.remove(link)
             if not links:
                 del self._links[address]
-        if self.on_lost is not None and address and not address.startswith("unix:"):
+        if self.on_lost is not None and address and not address.startswith(("unix:", "local:")):
             self.on_lost(address, exc)
 
     def drop(self, address: str) -> None:
@@ -365,7 +370,9 @@ class Call:
             return
         if self.route is not None:
             self.fe.router.upstream_lost(self.route, exc)
-        self.fail(UNAVAILABLE, f"lost the connection to worker {self._where()} during the call: {_reason(exc)}")
+        self.fail(
+            UNAVAILABLE, f"lost the connection to worker {self._where()} during the call: {_reason(exc)}"
+        )
 
     # -- worker leg events -----------------------------------------------------------------------
     def leg_headers(self, leg: Leg, headers: list[tuple[bytes, bytes]], end: bool, trailers: bool) -> None:
@@ -453,7 +460,7 @@ class Call:
             return
         except asyncio.CancelledError:
             return
-        except Exception as exc:  # noqa: BLE001 - a bug must become a status, not a hung call
+        except Exception as exc:
             log.exception("routing failed for %s", self.method)
             self.fail(grpc.StatusCode.INTERNAL, f"gateway routing error: {type(exc).__name__}")
             return
@@ -489,7 +496,7 @@ class Call:
         headers = self._upstream_headers(route, link)
         try:
             up = link.open_stream(headers, self)
-        except Exception as exc:  # noqa: BLE001 - h2 refuses (too many streams, closing): try later
+        except Exception as exc:
             self.fail(UNAVAILABLE, f"cannot open a stream to worker {route.address}: {exc}")
             return
         self.up = up
@@ -624,6 +631,7 @@ class FrontEnd:
         self._idle = asyncio.Event()
         self._idle.set()
         self._method_metrics: dict[str, tuple[Any, ...]] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
 
     def protocol_factory(self) -> Link:
         link = Link(client_side=False, on_request=self._on_request, on_lost=self._on_lost, pool=self.pool)
@@ -671,7 +679,7 @@ class FrontEnd:
         if plan is not None and plan.after is not None:
             try:
                 plan.after(call, status, message)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("after-call hook failed")
         if self.metrics is not None:
             in_flight, latency, bytes_in, bytes_out = self._mm(call.method)
@@ -682,7 +690,12 @@ class FrontEnd:
                 bytes_in.inc(call.stats.bytes_in)
             if call.stats.bytes_out:
                 bytes_out.inc(call.stats.bytes_out)
-            self.metrics.requests.labels(call.method, grpcwire.CODE_NAME.get(status, "UNKNOWN")).inc()
+            key = (call.method, status)
+            counter = self._requests.get(key)
+            if counter is None:
+                counter = self.metrics.requests.labels(call.method, grpcwire.CODE_NAME.get(status, "UNKNOWN"))
+                self._requests[key] = counter
+            counter.inc()
 
     def in_flight(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -13,7 +13,7 @@ Keys (``P`` = ``cuvis:``)::
                                          PEXPIRE heartbeat_ttl -- expiry *is* the failure detector
     P worker:<instance>:sessions SET     session ids the instance holds (lets a purge find its routes)
     P route:<session>            HASH    instance, address, owner, created, last_used (unix seconds)
-                                         PEXPIRE = idle timeout left; refreshed by the owning worker's heartbeat
+                                         PEXPIRE = idle time left; refreshed by the owning worker's heartbeat
     P lost:<instance>            HASH    address, reason, at (unix seconds); PEXPIRE idle timeout
     P lostroute:<session>        HASH    instance, address, reason, owner; PEXPIRE idle timeout
 
@@ -93,7 +93,8 @@ end
 return {epoch, lost_at or '', announced}
 """
 
-# A worker created a session. ARGV: prefix, instance, address, session, owner, created, ttl_ms, sessions_ttl_ms
+# A worker created a session.
+# ARGV: prefix, instance, address, session, owner, created, ttl_ms, sessions_ttl_ms
 ADD_ROUTE = """
 local p, inst, sid = ARGV[1], ARGV[2], ARGV[4]
 local rk = p .. 'route:' .. sid

@@ -90,7 +90,7 @@ class Registry:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         await self.redis.aclose()
 
@@ -126,12 +126,16 @@ class Registry:
             self.metrics.redis_up.set(1 if up else 0)
 
     def unavailable_message(self) -> str:
-        return f"the routing store (Redis at {self.redis_url}) is unreachable: {self.redis_error}; retry later"
+        return (
+            f"the routing store (Redis at {self.redis_url}) is unreachable: {self.redis_error}; retry later"
+        )
 
     # -- polling ---------------------------------------------------------------------------------
     async def poll(self) -> None:
         try:
-            raw = await self.call("snapshot", self._snapshot_script(keys=[], args=[rs.PREFIX, uuid.uuid4().hex]))
+            raw = await self.call(
+                "snapshot", self._snapshot_script(keys=[], args=[rs.PREFIX, uuid.uuid4().hex])
+            )
         except (RedisError, OSError):
             self.polled_once.set()
             self._notify()
@@ -185,7 +189,7 @@ class Registry:
         for listener in self.listeners:
             try:
                 listener()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("registry listener failed")
 
     def _update_metrics(self) -> None:
@@ -251,17 +255,21 @@ class Registry:
         if self.probe is not None and address:
             try:
                 answer = await self.probe(address)
-            except Exception:  # noqa: BLE001 - a failed probe means unreachable
+            except Exception:
                 answer = None
         if answer == instance:
             if why == "missed its heartbeats":
-                log.warning("worker %s (instance %s) missed its heartbeats but answers; keeping it", address, instance)
+                log.warning(
+                    "worker %s (instance %s) missed its heartbeats but answers; keeping it", address, instance
+                )
             return
         if answer is None:
             reason = f"worker {address} (instance {instance}) {why} and does not answer"
             abort = True
         else:
-            reason = f"worker {address} (instance {instance}) {why}; instance {answer} now runs there (restarted)"
+            reason = (
+                f"worker {address} (instance {instance}) {why}; instance {answer} now runs there (restarted)"
+            )
             abort = False
         await self.declare_lost(instance, address or "", reason, abort=abort)
 
@@ -283,14 +291,21 @@ class Registry:
         for cb in self.on_lost:
             try:
                 cb(instance, address, reason, abort)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_lost callback failed")
         try:
             purged = await self.call(
                 "purge",
                 self._purge_script(
                     keys=[],
-                    args=[rs.PREFIX, instance, address, reason, repr(time.time()), int(self.tombstone_ttl * 1000)],
+                    args=[
+                        rs.PREFIX,
+                        instance,
+                        address,
+                        reason,
+                        repr(time.time()),
+                        int(self.tombstone_ttl * 1000),
+                    ],
                 ),
             )
         except (RedisError, OSError):
@@ -302,13 +317,17 @@ class Registry:
         return int(purged)
 
 
-async def grpc_probe(address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = 2.0) -> str | None:
+async def grpc_probe(
+    address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = 2.0
+) -> str | None:
     """The instance id a worker reports from ``GetWorkerStatus``; None when it does not answer."""
     from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
 
     def call() -> str | None:
         channel = (
-            grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
+            grpc.secure_channel(address, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(address)
         )
         try:
             stub = control_pb2_grpc.WorkerControlServiceStub(channel)

@@ -112,6 +112,7 @@ class SessionRouter(Router):
         *,
         local_address: str,
         local_paths: tuple[bytes, ...],
+        local_methods: frozenset[bytes] = frozenset(),
         open_paths: tuple[bytes, ...] = (b"/grpc.health.v1.Health/",),
         route_cache_seconds: float = 2.0,
         policy: PlacementPolicy | None = None,
@@ -123,6 +124,7 @@ class SessionRouter(Router):
         self.table = method_table()
         self.local_route = Route(local_address, local=True)
         self.local_paths = local_paths
+        self.local_methods = local_methods
         self.open_paths = open_paths
         self.cache_seconds = route_cache_seconds
         self.policy = policy or PlacementPolicy()
@@ -172,7 +174,9 @@ class SessionRouter(Router):
         info = self.table.get(path)
         if info is None:
             if path.startswith(self.local_paths):
-                name = path.decode("ascii", "replace").lstrip("/")
+                name = (
+                    path.decode("ascii", "replace").lstrip("/") if path in self.local_methods else "unknown"
+                )
                 if not path.startswith(self.open_paths):
                     try:
                         call.identity = self.identify(call)
@@ -180,9 +184,13 @@ class SessionRouter(Router):
                         return Plan(method=name, error=exc)
                 return Plan(method=name, route=self.local_route)
             if path.startswith(f"/{SERVICE_NAME}/".encode()):
-                err = GatewayError(grpc.StatusCode.UNIMPLEMENTED, f"method {path.decode('ascii', 'replace')} is not served")
+                err = GatewayError(
+                    grpc.StatusCode.UNIMPLEMENTED, f"method {path.decode('ascii', 'replace')} is not served"
+                )
             else:
-                err = GatewayError(grpc.StatusCode.UNIMPLEMENTED, f"unknown service in {path.decode('ascii', 'replace')}")
+                err = GatewayError(
+                    grpc.StatusCode.UNIMPLEMENTED, f"unknown service in {path.decode('ascii', 'replace')}"
+                )
             return Plan(method="unknown", error=err)
         method = info.label
         try:
@@ -190,7 +198,10 @@ class SessionRouter(Router):
         except GatewayError as exc:
             return Plan(method=method, error=exc)
         if not self.registry.redis_up:
-            return Plan(method=method, error=GatewayError(grpc.StatusCode.UNAVAILABLE, self.registry.unavailable_message()))
+            return Plan(
+                method=method,
+                error=GatewayError(grpc.StatusCode.UNAVAILABLE, self.registry.unavailable_message()),
+            )
         kind = info.kind
         if kind is Kind.SESSIONLESS:
             return Plan(method=method, route=self._any_worker())
@@ -259,7 +270,11 @@ class SessionRouter(Router):
             if route:
                 if self._m_redis is not None:
                     self._m_redis.inc()
-                address, instance, owner = route.get("address", ""), route.get("instance", ""), route.get("owner", "")
+                address, instance, owner = (
+                    route.get("address", ""),
+                    route.get("instance", ""),
+                    route.get("owner", ""),
+                )
                 self._remember(session, address, instance, owner)
                 return self._route_for(call, session, address, instance, owner)
             lost = rs.decode_hash(_flatten(lost_raw))
@@ -269,7 +284,8 @@ class SessionRouter(Router):
                 if lost.get("owner", "") != call.identity:
                     raise _not_found(session)
                 raise GatewayError(
-                    grpc.StatusCode.NOT_FOUND, f"Session {session} not found: {lost.get('reason', 'its worker was lost')}"
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Session {session} not found: {lost.get('reason', 'its worker was lost')}",
                 )
             # Nothing known. Right after Redis lost its data the workers are still re-announcing.
             deadline = max(deadline, registry.rebuild_until)

@@ -55,7 +55,7 @@ class _ProtoWalker:
     def at_boundary(self) -> bool:
         return self.state == _TAG and self.shift == 0 and not self.groups
 
-    def feed(self, buf: memoryview) -> None:  # noqa: C901 - one flat state machine reads best here
+    def feed(self, buf: memoryview) -> None:
         i, n = 0, len(buf)
         while i < n:
             st = self.state

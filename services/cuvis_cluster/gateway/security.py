@@ -113,7 +113,9 @@ class TokenFile:
                     self._load()
                     log.info("token file %s reloaded (%d tokens)", self.path, len(self._tokens))
             except (OSError, ValueError) as exc:
-                log.warning("token file %s cannot be reloaded (%s); keeping the current tokens", self.path, exc)
+                log.warning(
+                    "token file %s cannot be reloaded (%s); keeping the current tokens", self.path, exc
+                )
         found = None
         for known, identity in self._tokens.items():
             if hmac.compare_digest(known, token):

@@ -57,7 +57,9 @@ def _console_script(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    module = {"cuvis-worker": "cuvis_cluster.worker.main", "cuvis-gateway": "cuvis_cluster.gateway.main"}[name]
+    module = {"cuvis-worker": "cuvis_cluster.worker.main", "cuvis-gateway": "cuvis_cluster.gateway.main"}[
+        name
+    ]
     return [sys.executable, "-m", module]
 
 
@@ -271,7 +273,9 @@ class LocalCluster:
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    logs = "\n".join(f"--- {c.name}\n{c.tail(15)}" for c in [self.gateway, *self.worker_procs])
+                    logs = "\n".join(
+                        f"--- {c.name}\n{c.tail(15)}" for c in [self.gateway, *self.worker_procs]
+                    )
                     raise ClusterError(f"cluster not ready after {self.startup_timeout:.0f}s\n{logs}")
                 time.sleep(0.25)
         finally:

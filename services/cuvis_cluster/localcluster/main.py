@@ -8,6 +8,7 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ def _up(args: argparse.Namespace) -> int:
     cluster = LocalCluster(
         workers=args.workers,
         listen=args.listen,
+        worker_command=shlex.split(args.worker_command) if args.worker_command else None,
         worker_args=args.worker_arg or (),
         gateway_args=args.gateway_arg or (),
         workdir=args.workdir,
@@ -54,7 +56,9 @@ def _up(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             for child in [cluster.redis, cluster.gateway, *cluster.worker_procs]:
                 if child is not None and not child.alive():
-                    print(f"cuvis-cluster: {child.name} exited unexpectedly:\n{child.tail()}", file=sys.stderr)
+                    print(
+                        f"cuvis-cluster: {child.name} exited unexpectedly:\n{child.tail()}", file=sys.stderr
+                    )
                     stop.set()
     finally:
         print("cuvis-cluster: stopping ...", flush=True)
@@ -72,8 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start redis-server, workers and a gateway; stop them on Ctrl-C")
     up.add_argument("--workers", type=int, default=2, help="number of cuvis-worker processes [2]")
     up.add_argument("--listen", default="127.0.0.1:50050", help="gateway HOST:PORT [127.0.0.1:50050]")
-    up.add_argument("--worker-arg", action="append", help="extra flag for every worker (repeatable)")
-    up.add_argument("--gateway-arg", action="append", help="extra flag for the gateway (repeatable)")
+    up.add_argument(
+        "--worker-arg",
+        action="append",
+        help="extra flag for every worker, e.g. --worker-arg=--device=cpu (repeatable)",
+    )
+    up.add_argument(
+        "--gateway-arg",
+        action="append",
+        help="extra flag for the gateway, e.g. --gateway-arg=--log-level=DEBUG",
+    )
+    up.add_argument(
+        "--worker-command",
+        help="run this instead of cuvis-worker (it must take --listen, --redis-url and --metrics-port)",
+    )
     up.add_argument("--workdir", type=Path, help="keep logs and outputs here (default: a temporary dir)")
     up.add_argument("--grace-seconds", type=float, default=10.0, help="shutdown grace period [10]")
     return parser

@@ -382,7 +382,7 @@ class WorkerControlServicer:
 
         control_pb2_grpc.add_WorkerControlServiceServicer_to_server(self, server)
 
-    def Drain(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
+    def Drain(self, request: Any, context: grpc.ServicerContext) -> Any:
         from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
 
         grace = float(request.grace_seconds) or float(self.membership.settings.grace_seconds)
@@ -400,7 +400,7 @@ class WorkerControlServicer:
         log.info("drain finished (%d sessions left); shutting down", self.membership.sessions.count)
         self.shutdown.trigger("drained")
 
-    def GetWorkerStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetWorkerStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
 
         return control_pb2.GetWorkerStatusResponse(status=self.membership.status())

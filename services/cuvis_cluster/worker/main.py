@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import uuid
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -132,6 +133,16 @@ def _count_expired_sessions(metrics: WorkerMetrics, sessions: Any) -> None:
     sessions.reap = counting_reap
 
 
+def _follow_draining(server: GrpcServer, sessions: Any, shutdown: ShutdownSignal) -> None:
+    """Health follows the draining flag (set by the WorkerControl Drain RPC or by shutdown)."""
+    serving = True
+    while not shutdown.requested.wait(0.5):
+        if serving == bool(sessions.draining):
+            serving = not serving
+            server.set_serving(serving)
+            log.info("health %s (draining=%s)", "SERVING" if serving else "NOT_SERVING", not serving)
+
+
 # --------------------------------------------------------------------------------------------------
 # main
 
@@ -148,8 +159,12 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
 
     shutdown = shutdown or ShutdownSignal.install()
     instance_id = uuid.uuid4().hex
-    config = engine_config(settings)
-    engine = Engine(config)
+    try:
+        config = engine_config(settings)
+        engine = Engine(config)
+    except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
+        log.error("cuvis-worker cannot start: %s", exc)
+        return 2
     engine.start()
     log.info(
         "engine ready on %s: configs %s, data %s, outputs %s, max %d sessions, idle timeout %.0fs",
@@ -172,32 +187,40 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
 
         interceptors.append(cluster.fencing_interceptor(instance_id))
 
-    server = GrpcServer(
-        settings,
-        metrics=metrics,
-        interceptors=interceptors,
-        max_workers=settings.max_workers,
-        component="worker",
-    )
-    servicer = servicer_module.CuvisAIServicer(engine, metrics)
-    server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
-
-    if cluster is not None:
-        membership = cluster.ClusterMembership(
-            settings, engine.sessions, metrics, lambda: device_info(engine.device), instance_id=instance_id
-        )
-        control = cluster.WorkerControlServicer(membership, shutdown=shutdown)
-        server.add_service(control.SERVICE_NAME, control.add_to_server)
-
+    server: GrpcServer | None = None
     try:
+        server = GrpcServer(
+            settings,
+            metrics=metrics,
+            interceptors=interceptors,
+            max_workers=settings.max_workers,
+            component="worker",
+        )
+        servicer = servicer_module.CuvisAIServicer(engine, metrics)
+        server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
+        if cluster is not None:
+            membership = cluster.ClusterMembership(
+                settings,
+                engine.sessions,
+                metrics,
+                lambda: device_info(engine.device),
+                instance_id=instance_id,
+            )
+            control = cluster.WorkerControlServicer(membership, shutdown=shutdown)
+            server.add_service(control.SERVICE_NAME, control.add_to_server)
         server.start()
-    except OSError as exc:
-        log.error("%s", exc)
+        serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+    except (OSError, ValueError) as exc:  # port in use, bad TLS files, bad Redis URL ...
+        log.error("cuvis-worker cannot start: %s", exc)
+        if server is not None:
+            server.shutdown(0)
         engine.shutdown()
         return 2
-    serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
     if membership is not None:
         membership.start()
+    threading.Thread(
+        target=_follow_draining, args=(server, engine.sessions, shutdown), name="drain-health", daemon=True
+    ).start()
     # One line that scripts and tests can wait for.
     print(f"cuvis-worker ready on {server.address} pid {os.getpid()}", flush=True)
 

@@ -105,7 +105,9 @@ class QuantileSearch:
 
     def __init__(self, node: Node, current: float) -> None:
         self.node = node
-        self.candidates = torch.tensor(sorted({*QUANTILE_CANDIDATES, round(float(current), 9)}), dtype=torch.float64)
+        self.candidates = torch.tensor(
+            sorted({*QUANTILE_CANDIDATES, round(float(current), 9)}), dtype=torch.float64
+        )
         k = self.candidates.numel()
         self.tp = torch.zeros(k, dtype=torch.float64)
         self.fp = torch.zeros(k, dtype=torch.float64)
@@ -227,7 +229,9 @@ def plan_decider(pipeline: Any, name: str) -> DeciderPlan:
     return plan
 
 
-def _decider_report(plan: DeciderPlan, status: str, after: dict[str, float] | None, metrics: dict[str, float]) -> dict:
+def _decider_report(
+    plan: DeciderPlan, status: str, after: dict[str, float] | None, metrics: dict[str, float]
+) -> dict:
     thresholds = {
         k: {"before": v, "after": (after or {}).get(k, v)} for k, v in plan.thresholds_before.items()
     }
@@ -243,7 +247,9 @@ def _decider_report(plan: DeciderPlan, status: str, after: dict[str, float] | No
     }
 
 
-def _outcome(applicable: bool, skip: str, detail: str, frames: int, anomalous: int, deciders: list[dict]) -> dict:
+def _outcome(
+    applicable: bool, skip: str, detail: str, frames: int, anomalous: int, deciders: list[dict]
+) -> dict:
     return {
         "split": "val",
         "applicable": applicable,
@@ -260,12 +266,27 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
     pipeline = ctx.pipeline
     names = deciders_of(pipeline)
     plans = [plan_decider(pipeline, n) for n in names]
-    ctx.emit(ProgressEvent(status="running", stage=split, hook="calibration_start", split=split,
-                           message=f"calibrating {len(plans)} decider(s) on the {split} split"))
+    ctx.emit(
+        ProgressEvent(
+            status="running",
+            stage=split,
+            hook="calibration_start",
+            split=split,
+            message=f"calibrating {len(plans)} decider(s) on the {split} split",
+        )
+    )
 
     def finish(outcome: dict[str, Any]) -> dict[str, Any]:
-        ctx.emit(ProgressEvent(status="running", stage=split, hook="calibration_end", split=split,
-                               calibration=outcome, message=outcome["phase_detail"] or "calibration done"))
+        ctx.emit(
+            ProgressEvent(
+                status="running",
+                stage=split,
+                hook="calibration_end",
+                split=split,
+                calibration=outcome,
+                message=outcome["phase_detail"] or "calibration done",
+            )
+        )
         return outcome
 
     def skipped_all(reason: str, detail: str) -> list[dict]:
@@ -286,7 +307,9 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
     active = [p for p in plans if p.search is not None]
     if not active:
         detail = "no decider can be calibrated: " + "; ".join(p.skip_detail for p in plans)
-        return finish(_outcome(False, "none", detail, 0, 0, [_decider_report(p, "skipped", None, {}) for p in plans]))
+        return finish(
+            _outcome(False, "none", detail, 0, 0, [_decider_report(p, "skipped", None, {}) for p in plans])
+        )
     missing_target = [p for p in active if p.target is None]
     if missing_target:
         detail = "the pipeline produces no anomaly mask (a boolean 'mask' output) to calibrate against"
@@ -296,7 +319,9 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
     # forward per node that is not itself an ancestor of another needed node). Deciders, losses, metrics
     # and visualizers downstream are skipped, and an unwired decider cannot break the pass.
     needed = {p.source[0] for p in active if p.source} | {p.target[0] for p in active if p.target}
-    sinks = [n for n in pipeline.order if n in needed and not any(n in pipeline.ancestors(m) for m in needed - {n})]
+    sinks = [
+        n for n in pipeline.order if n in needed and not any(n in pipeline.ancestors(m) for m in needed - {n})
+    ]
     loader = datamodule.dataloader(split)
     total = len(ids)
     frames = anomalous = 0
@@ -328,21 +353,36 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
                     anomalous += int(flat.any(dim=1).sum())
                     positives += int(flat.sum())
                     pixels += flat.numel()
-                ctx.emit(ProgressEvent(status="running", stage=split, batch_idx=batch_idx, hook="calibration_progress",
-                                       split=split, progress=(min(frames, total), total)))
+                ctx.emit(
+                    ProgressEvent(
+                        status="running",
+                        stage=split,
+                        batch_idx=batch_idx,
+                        hook="calibration_progress",
+                        split=split,
+                        progress=(min(frames, total), total),
+                    )
+                )
     except CuvisError as exc:
         detail = f"the pipeline failed on the {split} split: {exc.message}"
-        return finish(_outcome(False, "inference_failed", detail, frames, anomalous,
-                               skipped_all("inference_failed", detail)))
+        return finish(
+            _outcome(
+                False, "inference_failed", detail, frames, anomalous, skipped_all("inference_failed", detail)
+            )
+        )
     if pixels == 0:
         detail = f"the {split} split carries no masks to calibrate against"
-        return finish(_outcome(False, "ambiguous_mask", detail, frames, anomalous,
-                               skipped_all("ambiguous_mask", detail)))
+        return finish(
+            _outcome(
+                False, "ambiguous_mask", detail, frames, anomalous, skipped_all("ambiguous_mask", detail)
+            )
+        )
     if positives == 0 or positives == pixels:
         kind = "no anomalous pixel" if positives == 0 else "only anomalous pixels"
         detail = f"the {split} split's masks hold a single class ({kind}); thresholds are left unchanged"
-        return finish(_outcome(False, "single_class", detail, frames, anomalous,
-                               skipped_all("single_class", detail)))
+        return finish(
+            _outcome(False, "single_class", detail, frames, anomalous, skipped_all("single_class", detail))
+        )
 
     reports = []
     for p in plans:
@@ -350,7 +390,10 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
             reports.append(_decider_report(p, "skipped", None, {}))
             continue
         if p.search.empty:
-            p.skip, p.skip_detail = "no_scores", f"{p.name} received no {p.input_port!r} values on the {split} split"
+            p.skip, p.skip_detail = (
+                "no_scores",
+                f"{p.name} received no {p.input_port!r} values on the {split} split",
+            )
             reports.append(_decider_report(p, "skipped", None, {}))
             continue
         before = p.thresholds_before.get(p.search.param, 0.5)
@@ -361,7 +404,9 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
             p.skip, p.skip_detail = "calibrate_failed", exc.message
             reports.append(_decider_report(p, "skipped", None, {}))
             continue
-        metrics = {f"{k}_before": v for k, v in m_before.items()} | {f"{k}_after": v for k, v in m_after.items()}
+        metrics = {f"{k}_before": v for k, v in m_before.items()} | {
+            f"{k}_after": v for k, v in m_after.items()
+        }
         reports.append(_decider_report(p, "calibrated", {p.search.param: after}, metrics))
     done = sum(r["status"] == "calibrated" for r in reports)
     detail = f"calibrated {done} of {len(reports)} decider(s) on {frames} {split} frame(s) by maximising F1"

@@ -21,8 +21,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers.logger import Logger
 
-from cuvis_cluster.engine.types import ProgressEvent
 from cuvis_cluster.engine.training.run import RunCancelled
+from cuvis_cluster.engine.types import ProgressEvent
 
 
 class MemoryLogger(Logger):
@@ -122,11 +122,13 @@ class ProgressCallback(pl.Callback):
     ) -> tuple[dict, dict]:
         """Epoch-aggregated values from ``callback_metrics`` split into losses and metrics.
 
-        Losses are ``train_loss``/``val_loss`` and ``train/<loss node>``/``val/<loss node>``; ``total`` repeats
-        ``total_key``. Everything else (``<metric node>/<metric>``, learning rates) is a metric.
+        Losses are ``train_loss``/``val_loss`` and ``train/<loss node>``/``val/<loss node>``; ``total``
+        repeats ``total_key``. Everything else (``<metric node>/<metric>``, learning rates) is a metric.
         """
         values = _floats({k: v for k, v in trainer.callback_metrics.items() if keep(k)})
-        losses = {k: v for k, v in values.items() if k.endswith("_loss") or k.split("/", 1)[0] in ("train", "val")}
+        losses = {
+            k: v for k, v in values.items() if k.endswith("_loss") or k.split("/", 1)[0] in ("train", "val")
+        }
         if total_key in losses:
             losses["total"] = losses[total_key]
         metrics = {k: v for k, v in values.items() if k not in losses}
@@ -137,7 +139,9 @@ class ProgressCallback(pl.Callback):
     # -- fit -------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._emit(
-            self._event(trainer, "train", hook="fit_start", epochs=(0, self.max_epochs), message="Gradient training")
+            self._event(
+                trainer, "train", hook="fit_start", epochs=(0, self.max_epochs), message="Gradient training"
+            )
         )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -154,7 +158,9 @@ class ProgressCallback(pl.Callback):
             )
         )
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._cancel_point(trainer)
 
     def on_train_batch_end(
@@ -228,7 +234,12 @@ class ProgressCallback(pl.Callback):
         )
 
     def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self._cancel_point(trainer)
 
@@ -264,7 +275,9 @@ class ProgressCallback(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        losses, metrics = self._epoch_metrics(trainer, lambda k: not k.startswith("train"), total_key="val_loss")
+        losses, metrics = self._epoch_metrics(
+            trainer, lambda k: not k.startswith("train"), total_key="val_loss"
+        )
         self.last_val = {**losses, **metrics}
         self._emit(
             self._event(
@@ -281,6 +294,11 @@ class ProgressCallback(pl.Callback):
 
     # -- test (Trainer.test is not used by the trainer itself, but keep cancellation there too) ---
     def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self._cancel_point(trainer)

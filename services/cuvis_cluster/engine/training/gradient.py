@@ -1,6 +1,7 @@
 """Train(GRADIENT): the session's pipeline trained end to end with Lightning.
 
-:class:`PipelineModule` is a ``LightningModule`` around the session's :class:`~cuvis_cluster.engine.pipeline.Pipeline`:
+:class:`PipelineModule` is a ``LightningModule`` around the session's
+:class:`~cuvis_cluster.engine.pipeline.Pipeline`:
 
 * ``training_step`` runs ``pipeline.forward(batch, Stage.TRAIN)`` and minimises the sum of the loss nodes'
   ``loss`` outputs (the train run's ``loss_nodes``); it logs ``train_loss`` and ``train/<loss node>``;
@@ -91,7 +92,9 @@ class PipelineModule(pl.LightningModule):
         self._metric_ports = {n: metric_ports(pipeline.node(n)) for n in self.metric_nodes}
 
     # -- one step, any stage ---------------------------------------------------------------------
-    def run_stage(self, batch: Mapping[str, Any], stage: Stage) -> tuple[torch.Tensor | None, dict, dict, int]:
+    def run_stage(
+        self, batch: Mapping[str, Any], stage: Stage
+    ) -> tuple[torch.Tensor | None, dict, dict, int]:
         out = self.pipeline(batch, stage)
         losses: dict[str, torch.Tensor] = {}
         for name in self.loss_nodes:
@@ -122,15 +125,16 @@ class PipelineModule(pl.LightningModule):
         missing = [n for n in self.loss_nodes if n not in losses]
         if missing:
             raise InvalidArgument(
-                f"loss_nodes: {', '.join(map(repr, missing))} produced no loss in the TRAIN stage; their inputs were "
-                "not available (does the train split carry masks, and are the loss nodes wired?)",
+                f"loss_nodes: {', '.join(map(repr, missing))} produced no loss in the TRAIN stage; "
+                "their inputs were not available (does the train split carry masks, and are the loss nodes "
+                "wired?)",
                 field="loss_nodes",
             )
         assert total is not None
         if not total.requires_grad:
             raise InvalidArgument(
-                f"loss_nodes: the loss of {', '.join(self.loss_nodes)} does not depend on any trainable parameter; "
-                "unfreeze a node upstream of the loss (unfreeze_nodes)",
+                f"loss_nodes: the loss of {', '.join(self.loss_nodes)} does not depend on any trainable "
+                "parameter; unfreeze a node upstream of the loss (unfreeze_nodes)",
                 field="unfreeze_nodes",
             )
         self._log_all("train", total, losses, metrics, bs)
@@ -155,7 +159,10 @@ class PipelineModule(pl.LightningModule):
         if self.training_config.scheduler is None:
             return optimizer
         scheduler = registry.build_scheduler(
-            optimizer, self.training_config.scheduler, self.training_config.trainer.max_epochs, self.steps_per_epoch
+            optimizer,
+            self.training_config.scheduler,
+            self.training_config.trainer.max_epochs,
+            self.steps_per_epoch,
         )
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
@@ -193,7 +200,8 @@ def make_plan(ctx: TrainContext) -> GradientPlan:
         candidates = [n for n in pipeline.order if "loss" in pipeline.node(n).output_ports()]
         hint = f" (loss nodes in this pipeline: {', '.join(candidates)})" if candidates else ""
         raise InvalidArgument(
-            f"loss_nodes: gradient training needs the train run's loss_nodes{hint}; set them with SetTrainRunConfig",
+            f"loss_nodes: gradient training needs the train run's loss_nodes{hint}; "
+            "set them with SetTrainRunConfig",
             field="loss_nodes",
         )
     loss_nodes = pipeline.loss_nodes(names)
@@ -223,18 +231,22 @@ def make_plan(ctx: TrainContext) -> GradientPlan:
             f"freeze_nodes and unfreeze_nodes both name {', '.join(map(repr, both))}", field="freeze_nodes"
         )
 
-    unfitted = [n for n in pipeline.order if pipeline.node(n).has_statistical_init() and not pipeline.node(n).fitted]
+    unfitted = [
+        n for n in pipeline.order if pipeline.node(n).has_statistical_init() and not pipeline.node(n).fitted
+    ]
     if unfitted:
         raise FailedPrecondition(
             f"nodes {', '.join(map(repr, unfitted))} need statistical initialisation first: run "
-            "Train(TRAINER_TYPE_STATISTICAL) on this session (or load weights), then Train(TRAINER_TYPE_GRADIENT)"
+            "Train(TRAINER_TYPE_STATISTICAL) on this session (or load weights), "
+            "then Train(TRAINER_TYPE_GRADIENT)"
         )
     trainer_cfg = training.trainer
-    if isinstance(trainer_cfg.devices, list) and len(trainer_cfg.devices) > 1 or (
+    if (isinstance(trainer_cfg.devices, list) and len(trainer_cfg.devices) > 1) or (
         isinstance(trainer_cfg.devices, int) and trainer_cfg.devices > 1
     ):
         raise InvalidArgument(
-            "training.trainer.devices: a worker trains a session on one device", field="training.trainer.devices"
+            "training.trainer.devices: a worker trains a session on one device",
+            field="training.trainer.devices",
         )
     deciders = [n for n in pipeline.order if hasattr(pipeline.node(n), "THRESHOLD_PARAMS")]
     return GradientPlan(
@@ -365,12 +377,30 @@ def evaluate_split(
     frames_total = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
     if loader is None or frames_total == 0:
         outcome = {"split": split, "status": "no_split", "frames": 0, "metrics": {}, "error": ""}
-        emit(ProgressEvent(status="running", stage=split, epoch=epoch, global_step=global_step,
-                           hook="evaluation_end", split=split, evaluation=outcome,
-                           message=f"no {split} split to evaluate"))
+        emit(
+            ProgressEvent(
+                status="running",
+                stage=split,
+                epoch=epoch,
+                global_step=global_step,
+                hook="evaluation_end",
+                split=split,
+                evaluation=outcome,
+                message=f"no {split} split to evaluate",
+            )
+        )
         return outcome
-    emit(ProgressEvent(status="running", stage=split, epoch=epoch, global_step=global_step,
-                       hook="evaluation_start", split=split, progress=(0, frames_total)))
+    emit(
+        ProgressEvent(
+            status="running",
+            stage=split,
+            epoch=epoch,
+            global_step=global_step,
+            hook="evaluation_start",
+            split=split,
+            progress=(0, frames_total),
+        )
+    )
     pipeline = module.pipeline
     was_training = pipeline.training
     pipeline.eval()
@@ -391,22 +421,53 @@ def evaluate_split(
                     sums[key] = sums.get(key, 0.0) + value * bs
                     weights[key] = weights.get(key, 0) + bs
                 done += bs
-                emit(ProgressEvent(status="running", stage=split, epoch=epoch, batch_idx=batch_idx,
-                                   global_step=global_step, hook="evaluation_progress", split=split,
-                                   progress=(min(done, frames_total), frames_total), metrics=floats))
+                emit(
+                    ProgressEvent(
+                        status="running",
+                        stage=split,
+                        epoch=epoch,
+                        batch_idx=batch_idx,
+                        global_step=global_step,
+                        hook="evaluation_progress",
+                        split=split,
+                        progress=(min(done, frames_total), frames_total),
+                        metrics=floats,
+                    )
+                )
     except RunCancelled:
         raise
     except CuvisError as exc:
         outcome = {"split": split, "status": "failed", "frames": done, "metrics": {}, "error": exc.message}
-        emit(ProgressEvent(status="running", stage=split, epoch=epoch, global_step=global_step,
-                           hook="evaluation_end", split=split, evaluation=outcome, message=exc.message))
+        emit(
+            ProgressEvent(
+                status="running",
+                stage=split,
+                epoch=epoch,
+                global_step=global_step,
+                hook="evaluation_end",
+                split=split,
+                evaluation=outcome,
+                message=exc.message,
+            )
+        )
         return outcome
     finally:
         pipeline.train(was_training)
     metrics = _weighted_means(sums, weights)
     outcome = {"split": split, "status": "evaluated", "frames": done, "metrics": metrics, "error": ""}
-    emit(ProgressEvent(status="running", stage=split, epoch=epoch, global_step=global_step, hook="evaluation_end",
-                       split=split, evaluation=outcome, metrics=metrics, progress=(done, frames_total)))
+    emit(
+        ProgressEvent(
+            status="running",
+            stage=split,
+            epoch=epoch,
+            global_step=global_step,
+            hook="evaluation_end",
+            split=split,
+            evaluation=outcome,
+            metrics=metrics,
+            progress=(done, frames_total),
+        )
+    )
     return outcome
 
 
@@ -417,12 +478,24 @@ def _restore_best(
         return None
     monitor = checkpoint.monitor or ""
     if not monitor:
-        return {"restored": False, "path": checkpoint.last_model_path or "", "epoch": trainer.current_epoch,
-                "monitor": "", "score": None, "reason": "no monitor configured: the final weights are kept"}
+        return {
+            "restored": False,
+            "path": checkpoint.last_model_path or "",
+            "epoch": trainer.current_epoch,
+            "monitor": "",
+            "score": None,
+            "reason": "no monitor configured: the final weights are kept",
+        }
     path = checkpoint.best_model_path
     if not path or not Path(path).is_file():
-        return {"restored": False, "path": "", "epoch": trainer.current_epoch, "monitor": monitor, "score": None,
-                "reason": f"no checkpoint was saved for {monitor}"}
+        return {
+            "restored": False,
+            "path": "",
+            "epoch": trainer.current_epoch,
+            "monitor": monitor,
+            "score": None,
+            "reason": f"no checkpoint was saved for {monitor}",
+        }
     state = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"], strict=True)
     score = checkpoint.best_model_score
@@ -449,7 +522,9 @@ def build_trainer(
     enable_ckpt = plan.training.trainer.enable_checkpointing
     if enable_ckpt and not has_checkpoint:
         enable_ckpt = False  # no default ModelCheckpoint writing into the root dir unless configured
-    kwargs["enable_checkpointing"] = bool(has_checkpoint if enable_ckpt is None else enable_ckpt or has_checkpoint)
+    kwargs["enable_checkpointing"] = bool(
+        has_checkpoint if enable_ckpt is None else enable_ckpt or has_checkpoint
+    )
     return pl.Trainer(
         **kwargs,
         logger=logger if logger is not None else False,
@@ -475,7 +550,8 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
         needs_val = [m for m in monitors if not m.startswith("train")]
         if needs_val:
             raise InvalidArgument(
-                f"data.val_ids: {', '.join(map(repr, needs_val))} are validation values but the val split is empty",
+                f"data.val_ids: {', '.join(map(repr, needs_val))} are validation values "
+                "but the val split is empty",
                 field="data.val_ids",
             )
 
@@ -497,7 +573,9 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
                 f"unfreeze_nodes: nothing to train: no parameter of the pipeline requires gradients{hint}",
                 field="unfreeze_nodes",
             )
-        module = PipelineModule(pipeline, plan.loss_nodes, plan.metric_nodes, cfg, steps_per_epoch=len(train_loader))
+        module = PipelineModule(
+            pipeline, plan.loss_nodes, plan.metric_nodes, cfg, steps_per_epoch=len(train_loader)
+        )
         logger = MemoryLogger()
         progress = ProgressCallback(
             ctx.emit,
@@ -533,16 +611,25 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
         restored = _restore_best(ctx, module, checkpoint_cb, trainer)
         epoch, step = trainer.current_epoch, trainer.global_step
         if restored is not None:
-            ctx.emit(ProgressEvent(status="running", stage="train", epoch=epoch, global_step=step,
-                                   hook="checkpoint_restored", checkpoint=restored,
-                                   message=("restored " if restored["restored"] else "not restored: ")
-                                   + restored["reason"]))
+            ctx.emit(
+                ProgressEvent(
+                    status="running",
+                    stage="train",
+                    epoch=epoch,
+                    global_step=step,
+                    hook="checkpoint_restored",
+                    checkpoint=restored,
+                    message=("restored " if restored["restored"] else "not restored: ") + restored["reason"],
+                )
+            )
         evaluations = {}
         for split, loader in (("val", val_loader), ("test", test_loader)):
             evaluations[split] = evaluate_split(ctx, module, loader, split, epoch=epoch, global_step=step)
-        losses, metrics = progress.last_train_losses, dict(progress.last_val)
-        test_metrics = evaluations["test"].get("metrics") or {}
-        metrics.update(test_metrics)
+        losses = progress.last_train_losses
+        metrics = {k: v for k, v in progress.last_val.items() if k != "total"}
+        # the final message: last validation values as logged, the test evaluation under "test/..."
+        for key, value in (evaluations["test"].get("metrics") or {}).items():
+            metrics[key if key.startswith("test") else f"test/{key}"] = value
         return ProgressEvent(
             status="complete",
             stage="train",

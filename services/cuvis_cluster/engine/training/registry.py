@@ -107,7 +107,9 @@ SCHEDULERS: dict[str, Entry] = {
             "step",
             "Multiply the learning rate by gamma every step_size epochs (or steps).",
             ("interval", "frequency", "step_size", "gamma"),
-            lambda opt, cfg, *_: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma),
+            lambda opt, cfg, *_: torch.optim.lr_scheduler.StepLR(
+                opt, step_size=cfg.step_size, gamma=cfg.gamma
+            ),
         ),
         Entry(
             "cosine",
@@ -125,7 +127,8 @@ SCHEDULERS: dict[str, Entry] = {
         ),
         Entry(
             "reduce_on_plateau",
-            "Reduce the learning rate by factor when the monitored value stops improving for patience epochs.",
+            "Reduce the learning rate by factor when the monitored value stops improving for patience "
+            "epochs.",
             ("monitor", "mode", "patience", "factor", "threshold", "cooldown", "min_lr", "frequency"),
             _plateau,
         ),
@@ -279,7 +282,9 @@ def _type_name(annotation: Any) -> str:
     if origin in (list, tuple):
         inner = list(dict.fromkeys(_type_name(a) for a in args if a is not Ellipsis))
         return f"list[{' | '.join(inner)}]" if inner else "list"
-    return {bool: "bool", int: "int", float: "float", str: "string"}.get(annotation, getattr(annotation, "__name__", "any"))
+    return {bool: "bool", int: "int", float: "float", str: "string"}.get(
+        annotation, getattr(annotation, "__name__", "any")
+    )
 
 
 def _validation(annotation: Any, info: FieldInfo) -> str:
