@@ -39,7 +39,7 @@ class ResourceExhausted(CuvisError):
 
 
 class PermissionDenied(CuvisError):
-    """The caller is identified but not allowed to do this (a path outside the roots, a plugin not allow-listed)."""
+    """The caller may not do this: a path outside the roots, a plugin that is not allow-listed."""
 
 
 class Unauthenticated(CuvisError):

@@ -1,4 +1,4 @@
-"""The single error->status table: every domain error has a code, and bugs become INTERNAL with a request id."""
+"""The single error->status table: every domain error has a code; bugs become INTERNAL with a request id."""
 
 from __future__ import annotations
 

@@ -126,10 +126,13 @@ class WorkerSettings(_Base):
         None, description="HOST:PORT under which gateways reach this worker (default: the listen address)."
     )
     configs_dir: Path = Field(
-        Path("configs"), description="Root of the bundled Hydra configs (pipeline/, trainrun/, data/, training/)."
+        Path("configs"),
+        description="Root of the bundled Hydra configs (pipeline/, trainrun/, data/, training/).",
     )
     data_dir: Path = Field(Path("data"), description="Root under which server-side data files may be read.")
-    output_dir: Path = Field(Path("outputs"), description="Root under which pipelines and train runs are written.")
+    output_dir: Path = Field(
+        Path("outputs"), description="Root under which pipelines and train runs are written."
+    )
     plugin_dirs: list[Path] = Field(
         default_factory=list, description="Allow-listed roots from which plugins may be loaded (repeatable)."
     )
@@ -139,7 +142,9 @@ class WorkerSettings(_Base):
     max_sessions: int = Field(16, ge=1, description="Sessions this worker holds at most.")
     idle_timeout_seconds: float = Field(3600.0, gt=0, description="A session unused this long is closed.")
     reap_interval_seconds: float = Field(30.0, gt=0, description="How often idle sessions are looked for.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device; auto picks CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Torch device; auto picks CUDA when present."
+    )
     heartbeat_seconds: float = Field(2.0, gt=0, description="Registration heartbeat period in Redis.")
     heartbeat_ttl_seconds: float = Field(
         6.0, gt=0, description="A worker whose heartbeat is older than this is considered lost."
@@ -160,7 +165,9 @@ class GatewaySettings(_Base):
     auth_token_file: Path | None = Field(
         None, description="File of 'token identity' lines; when set, clients must send a bearer token."
     )
-    worker_tls_ca: Path | None = Field(None, description="CA bundle to verify workers (enables gateway->worker TLS).")
+    worker_tls_ca: Path | None = Field(
+        None, description="CA bundle to verify workers (enables gateway->worker TLS)."
+    )
     worker_tls_cert: Path | None = Field(None, description="Client certificate presented to workers.")
     worker_tls_key: Path | None = Field(None, description="Key of worker_tls_cert.")
     worker_tls_server_name: str | None = Field(
@@ -170,12 +177,16 @@ class GatewaySettings(_Base):
         6.0, gt=0, description="A worker whose heartbeat is older than this is considered lost."
     )
     route_cache_seconds: float = Field(
-        2.0, ge=0, description="How long a session route is cached in the gateway before Redis is asked again."
+        2.0,
+        ge=0,
+        description="How long a session route is cached in the gateway before Redis is asked again.",
     )
     touch_interval_seconds: float = Field(
         30.0, gt=0, description="At most one TTL refresh of a session route per this interval."
     )
-    idle_timeout_seconds: float = Field(3600.0, gt=0, description="Route TTL; matches the workers' idle timeout.")
+    idle_timeout_seconds: float = Field(
+        3600.0, gt=0, description="Route TTL; matches the workers' idle timeout."
+    )
 
 
 def main() -> None:

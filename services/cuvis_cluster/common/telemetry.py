@@ -13,7 +13,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 log = logging.getLogger(__name__)
 
 # Latency buckets from sub-millisecond control calls up to multi-second 600 MB inferences.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 
 
@@ -22,12 +40,17 @@ class RpcMetrics:
 
     def __init__(self, prefix: str, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            f"{prefix}_rpc_requests", "Finished RPCs by method and status code.", ["method", "code"],
+            f"{prefix}_rpc_requests",
+            "Finished RPCs by method and status code.",
+            ["method", "code"],
             registry=registry,
         )
         self.latency = Histogram(
-            f"{prefix}_rpc_duration_seconds", "RPC latency from first byte in to status out.", ["method"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            f"{prefix}_rpc_duration_seconds",
+            "RPC latency from first byte in to status out.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.in_flight = Gauge(
             f"{prefix}_rpc_in_flight", "RPCs currently being served.", ["method"], registry=registry
@@ -54,7 +77,10 @@ class GatewayMetrics(RpcMetrics):
             "cuvis_gateway_worker_capacity", "Session capacity of each live worker.", ["worker"], registry=r
         )
         self.placement_failures = Counter(
-            "cuvis_gateway_placement_failures", "CreateSession calls that found no worker.", ["reason"], registry=r
+            "cuvis_gateway_placement_failures",
+            "CreateSession calls that found no worker.",
+            ["reason"],
+            registry=r,
         )
         self.routes_purged = Counter(
             "cuvis_gateway_routes_purged", "Session routes removed because their worker was lost.", registry=r
@@ -63,10 +89,15 @@ class GatewayMetrics(RpcMetrics):
             "cuvis_gateway_route_lookups", "Session route lookups by source.", ["source"], registry=r
         )
         self.redis_latency = Histogram(
-            "cuvis_gateway_redis_duration_seconds", "Redis command latency.", ["op"], buckets=REDIS_BUCKETS,
+            "cuvis_gateway_redis_duration_seconds",
+            "Redis command latency.",
+            ["op"],
+            buckets=REDIS_BUCKETS,
             registry=r,
         )
-        self.redis_errors = Counter("cuvis_gateway_redis_errors", "Failed Redis commands.", ["op"], registry=r)
+        self.redis_errors = Counter(
+            "cuvis_gateway_redis_errors", "Failed Redis commands.", ["op"], registry=r
+        )
         self.redis_up = Gauge("cuvis_gateway_redis_up", "1 when the last Redis call succeeded.", registry=r)
 
 
@@ -83,20 +114,29 @@ class WorkerMetrics(RpcMetrics):
         )
         self.draining = Gauge("cuvis_worker_draining", "1 while the worker refuses new sessions.", registry=r)
         self.training_runs = Counter(
-            "cuvis_worker_training_runs", "Finished training runs by trainer and outcome.", ["trainer", "outcome"],
+            "cuvis_worker_training_runs",
+            "Finished training runs by trainer and outcome.",
+            ["trainer", "outcome"],
             registry=r,
         )
         self.training_active = Gauge("cuvis_worker_training_active", "Training runs in progress.", registry=r)
         self.inference_latency = Histogram(
-            "cuvis_worker_inference_duration_seconds", "Pipeline forward time of Inference, without transport.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "cuvis_worker_inference_duration_seconds",
+            "Pipeline forward time of Inference, without transport.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.device_memory = Gauge(
-            "cuvis_worker_device_memory_bytes", "Device memory by kind (allocated, reserved, free, total).",
-            ["kind"], registry=r,
+            "cuvis_worker_device_memory_bytes",
+            "Device memory by kind (allocated, reserved, free, total).",
+            ["kind"],
+            registry=r,
         )
         self.redis_latency = Histogram(
-            "cuvis_worker_redis_duration_seconds", "Redis command latency.", ["op"], buckets=REDIS_BUCKETS,
+            "cuvis_worker_redis_duration_seconds",
+            "Redis command latency.",
+            ["op"],
+            buckets=REDIS_BUCKETS,
             registry=r,
         )
         self.redis_errors = Counter("cuvis_worker_redis_errors", "Failed Redis commands.", ["op"], registry=r)
@@ -119,7 +159,7 @@ def _exported_names(metrics: RpcMetrics) -> set[str]:
 
 
 def metric_names() -> set[str]:
-    """Every sample name either server can export (counters with ``_total``, histograms with ``_bucket`` ...)."""
+    """Every sample name either server can export (counters end ``_total``, histograms ``_bucket`` ...)."""
     return _exported_names(GatewayMetrics()) | _exported_names(WorkerMetrics())
 
 

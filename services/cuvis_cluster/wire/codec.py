@@ -118,14 +118,17 @@ def encode(array: Any, *, field: str = "tensor") -> pb.Tensor:
     code = NUMPY_TO_WIRE.get(array.dtype.newbyteorder("=").name)
     if code is None:
         raise TensorError(
-            f"{field}: numpy dtype {array.dtype} has no wire equivalent; supported: " + ", ".join(NAME_TO_WIRE),
+            f"{field}: numpy dtype {array.dtype} has no wire equivalent; supported: "
+            + ", ".join(NAME_TO_WIRE),
             field=field,
         )
     wire_dtype = WIRE_TO_NUMPY[code]
     if array.dtype != wire_dtype:  # big-endian input: convert once to the wire byte order
         array = array.astype(wire_dtype)
     if array.nbytes > MAX_PAYLOAD_BYTES:
-        raise TensorError(f"{field}: {array.nbytes} bytes exceed the 2 GiB protobuf message limit", field=field)
+        raise TensorError(
+            f"{field}: {array.nbytes} bytes exceed the 2 GiB protobuf message limit", field=field
+        )
     return pb.Tensor(shape=array.shape, dtype=code, raw_data=np.ascontiguousarray(array).tobytes())
 
 
