@@ -161,7 +161,18 @@ class Rig:
         worker_port = free_port()
         p = self.spawn(
             "worker",
-            [sys.executable, str(STANDIN), "--listen", f"127.0.0.1:{worker_port}", "--redis-url", redis_url],
+            [
+                sys.executable,
+                str(STANDIN),
+                "--listen",
+                f"127.0.0.1:{worker_port}",
+                "--redis-url",
+                redis_url,
+                "--heartbeat-seconds",
+                "2",
+                "--heartbeat-ttl-seconds",
+                "6",
+            ],  # the production defaults
         )
         wait_port(worker_port, p, "worker")
         self.addresses["direct"] = f"127.0.0.1:{worker_port}"

@@ -12,7 +12,14 @@ import pytest
 import redis
 from conftest import start_gateway
 from helpers import procs
-from helpers.cuvis import SMALL_DATA, cube_batch, resolve, set_trainrun, statistically_trained, synthetic_frame
+from helpers.cuvis import (
+    SMALL_DATA,
+    cube_batch,
+    resolve,
+    set_trainrun,
+    statistically_trained,
+    synthetic_frame,
+)
 
 from cuvis_cluster.gateway import redis_schema as rs
 from cuvis_cluster.localcluster.cluster import LocalCluster
@@ -61,7 +68,11 @@ def holder(cluster: LocalCluster, session: str) -> str:
 def long_training(stub, session: str) -> None:
     """A gradient run that takes far longer than the test waits (cancelled or killed midway)."""
     trainrun = resolve(
-        stub, session, "trainrun", "trainrun/channel_selector", [*SMALL_DATA, "training.trainer.max_epochs=100000"]
+        stub,
+        session,
+        "trainrun",
+        "trainrun/channel_selector",
+        [*SMALL_DATA, "training.trainer.max_epochs=100000"],
     )
     set_trainrun(stub, session, trainrun)
     events = list(stub.Train(pb.TrainRequest(session_id=session, trainer_type=pb.TRAINER_TYPE_STATISTICAL)))
@@ -75,7 +86,9 @@ def test_workflow_across_two_gateways(real):
     assert {holder(cluster, s) for s in sessions} == set(cluster.worker_addresses)  # spread
     session = sessions[0]
     statistically_trained(b, session)  # config and Train via gateway B
-    reply = a.Inference(pb.InferenceRequest(session_id=session, inputs=cube_batch(synthetic_frame())))  # via A
+    reply = a.Inference(
+        pb.InferenceRequest(session_id=session, inputs=cube_batch(synthetic_frame()))
+    )  # via A
     assert "rx_detector.scores" in reply.outputs
     for s in sessions:
         a.CloseSession(pb.CloseSessionRequest(session_id=s))

@@ -91,6 +91,18 @@ def _rst(stream_id: int, code: int) -> bytes:
 
 _SETTINGS_ACK = frame_header(0, SETTINGS, FLAG_ACK, 0)
 
+# Links with output produced while a read is being handled; written when the read is done.
+_dirty: list[Link] = []
+_dispatch_depth = [0]
+
+
+def _flush_dirty() -> None:
+    while _dirty:
+        links = _dirty[:]
+        _dirty.clear()
+        for link in links:
+            link._write_out()
+
 
 class SlabPool:
     """Receive buffers. A slab goes back into use only when no memoryview of it is alive."""
@@ -355,7 +367,13 @@ class Link(asyncio.BufferedProtocol):
         self._wpos += nbytes
         if self.transport is None:
             return  # TLS: bytes that arrived before start_tls handed us the transport
-        self._process()
+        _dispatch_depth[0] += 1
+        try:
+            self._process()
+        finally:
+            _dispatch_depth[0] -= 1
+            if not _dispatch_depth[0] and _dirty:
+                _flush_dirty()
 
     def _process(self) -> None:
         try:
@@ -366,7 +384,6 @@ class Link(asyncio.BufferedProtocol):
         except HpackError as exc:
             log.info("%s: bad header block: %s", self.name or "http/2 connection", exc)
             self._fail(COMPRESSION_ERROR, "bad header block")
-        self._flush_credit()
 
     def eof_received(self) -> bool:
         return False
@@ -432,7 +449,7 @@ class Link(asyncio.BufferedProtocol):
             self._data_left -= 1
             avail -= 1
             self._data_pad_pending = False
-            self._credit(self._data_sid, 1)
+            self.credit(self._data_sid, 1)
             if self._data_pad > self._data_left:
                 raise _LinkError(PROTOCOL_ERROR, "DATA padding longer than the frame")
         payload_left = self._data_left - self._data_pad
@@ -447,7 +464,7 @@ class Link(asyncio.BufferedProtocol):
             if leg is not None and not leg.remote_closed and leg.handler is not None:
                 leg.handler.leg_data(leg, chunk)
             else:
-                self._credit(self._data_sid, n)
+                self.credit(self._data_sid, n)
             return True
         if self._data_left > 0:  # padding
             n = min(avail, self._data_left)
@@ -455,7 +472,7 @@ class Link(asyncio.BufferedProtocol):
                 return False
             self._rpos += n
             self._data_left -= n
-            self._credit(self._data_sid, n)
+            self.credit(self._data_sid, n)
             if self._data_left:
                 return False
         self._finish_data_frame()
@@ -793,45 +810,41 @@ class Link(asyncio.BufferedProtocol):
             self.pump(leg)
 
     def credit(self, sid: int, n: int) -> None:
-        """The proxy passed on ``n`` bytes received on stream ``sid``: let the peer send more."""
-        self._credit(sid, n)
-        self._flush_credit()
+        """The proxy passed on ``n`` bytes received on stream ``sid``: let the peer send more.
 
-    def _credit(self, sid: int, n: int) -> None:
-        self._credit_conn += n
-        if sid in self._in_streams:
-            self._credit_streams[sid] = self._credit_streams.get(sid, 0) + n
-
-    def _flush_credit(self) -> None:
-        if self.closed:
-            return
+        WINDOW_UPDATEs go out once a quarter of a window has been consumed, per stream and for the
+        connection; only the stream at hand and the connection are looked at (constant time).
+        """
         threshold = self._credit_threshold
-        out = None
-        if self._credit_conn >= threshold:
-            out = [_window_update(0, self._credit_conn)]
-            self._in_conn += self._credit_conn
-            self._credit_conn = 0
-        if self._credit_streams:
-            done = []
-            for sid, n in self._credit_streams.items():
-                if n >= threshold:
-                    if out is None:
-                        out = []
-                    out.append(_window_update(sid, n))
-                    self._in_streams[sid] = self._in_streams.get(sid, 0) + n
-                    done.append(sid)
-            for sid in done:
-                del self._credit_streams[sid]
-        if out:
-            self._out.extend(out)
+        conn = self._credit_conn + n
+        if conn >= threshold and not self.closed:
+            self._out.append(_window_update(0, conn))
+            self._in_conn += conn
+            conn = 0
             self._schedule()
+        self._credit_conn = conn
+        window = self._in_streams.get(sid)
+        if window is None:
+            return
+        pending = self._credit_streams.get(sid, 0) + n
+        if pending >= threshold and not self.closed:
+            self._out.append(_window_update(sid, pending))
+            self._in_streams[sid] = window + pending
+            self._credit_streams.pop(sid, None)
+            self._schedule()
+        else:
+            self._credit_streams[sid] = pending
 
     def _schedule(self) -> None:
-        # Everything produced while handling one read (or one callback) leaves in one writev at the
-        # end of this loop iteration.
+        # Everything produced while handling one read leaves in one writev per connection when that
+        # read has been handled (no extra loop iteration); from other callbacks, at the end of this
+        # loop iteration.
         if not self._write_scheduled:
             self._write_scheduled = True
-            self._loop.call_soon(self._write_out)
+            if _dispatch_depth[0]:
+                _dirty.append(self)
+            else:
+                self._loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:
         self._write_scheduled = False

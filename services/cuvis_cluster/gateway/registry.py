@@ -35,6 +35,9 @@ from cuvis_cluster.gateway.placement import WorkerInfo
 
 log = logging.getLogger(__name__)
 
+PROBE_OK, PROBE_REFUSED, PROBE_TIMEOUT = "ok", "refused", "timeout"
+MISSED_HEARTBEATS = "missed its heartbeats"
+
 
 def _int(value: str | None) -> int:
     try:
@@ -54,6 +57,7 @@ class Registry:
         poll_interval: float = 0.5,
         probe: Callable[[str], Any] | None = None,
         client: aioredis.Redis | None = None,
+        silent_grace: float = 30.0,
     ) -> None:
         self.redis_url = redis_url
         self.redis = client or aioredis.Redis.from_url(
@@ -63,7 +67,7 @@ class Registry:
         self.tombstone_ttl = tombstone_ttl
         self.metrics = metrics
         self.poll_interval = poll_interval
-        self.probe = probe  # async (address) -> instance id at that address, or None if unreachable
+        self.probe = probe  # async (address) -> (PROBE_OK | PROBE_REFUSED | PROBE_TIMEOUT, instance id)
         self._snapshot_script = self.redis.register_script(rs.SNAPSHOT)
         self._purge_script = self.redis.register_script(rs.PURGE_INSTANCE)
         self.workers: tuple[WorkerInfo, ...] = ()
@@ -75,6 +79,9 @@ class Registry:
         self.rebuild_until = 0.0
         self.lost: dict[str, tuple[str, str]] = {}  # instance -> (address, reason), remembered locally
         self._probing: set[str] = set()
+        self._silent_since: dict[str, float] = {}
+        self.silent_grace = silent_grace
+        self.addresses: dict[str, str] = {}  # every instance ever seen -> its address (for messages)
         self._task: asyncio.Task | None = None
         self._extra_sessions: dict[str, int] = {}  # sessions placed since the last poll
         self.listeners: list[Callable[[], None]] = []  # called after every poll (health, metrics)
@@ -179,8 +186,10 @@ class Registry:
         self.workers = tuple(workers)
         self.by_instance = {w.instance: w for w in workers}
         self._extra_sessions.clear()
+        for w in workers:
+            self.addresses[w.instance] = w.address
         for instance in expired:
-            self._spawn_probe(instance, None, "missed its heartbeats")
+            self._spawn_probe(instance, None, MISSED_HEARTBEATS)
         self.polled_once.set()
         self._update_metrics()
         self._notify()
@@ -248,29 +257,52 @@ class Registry:
         task.add_done_callback(lambda _t: self._probing.discard(instance))
 
     async def _check(self, instance: str, address: str | None, why: str) -> None:
-        if address is None:
-            info = self.by_instance.get(instance)
-            address = info.address if info else await self._address_of(instance)
-        answer: str | None = None
+        """Probe an instance that missed its heartbeats or whose connection failed; purge it if gone.
+
+        * it answers with the same instance id: alive (a late heartbeat), keep it;
+        * another instance answers at its address: it was restarted, purge the old one;
+        * nothing listens there (connection refused): it is gone, purge it now;
+        * the probe times out: it may just be busy (a huge request holding the worker's GIL); it is
+          purged only if it stays silent for ``silent_grace`` seconds.
+        """
+        address = address or self.addresses.get(instance) or await self._address_of(instance)
+        result, answer = PROBE_REFUSED, ""
         if self.probe is not None and address:
             try:
-                answer = await self.probe(address)
+                result, answer = await self.probe(address)
             except Exception:
-                answer = None
-        if answer == instance:
-            if why == "missed its heartbeats":
+                result = PROBE_REFUSED
+        if result == PROBE_OK and answer == instance:
+            self._silent_since.pop(instance, None)
+            if why == MISSED_HEARTBEATS:
                 log.warning(
                     "worker %s (instance %s) missed its heartbeats but answers; keeping it", address, instance
                 )
             return
-        if answer is None:
-            reason = f"worker {address} (instance {instance}) {why} and does not answer"
+        if result == PROBE_TIMEOUT:
+            first = self._silent_since.setdefault(instance, time.monotonic())
+            silent = time.monotonic() - first
+            if silent < self.silent_grace:
+                log.warning(
+                    "worker %s (instance %s) %s and has not answered for %.0fs; purged after %.0fs",
+                    address,
+                    instance,
+                    why,
+                    silent,
+                    self.silent_grace,
+                )
+                return
+            reason = f"worker {address} (instance {instance}) {why} and did not answer for {silent:.0f}s"
             abort = True
-        else:
+        elif result == PROBE_OK:
             reason = (
                 f"worker {address} (instance {instance}) {why}; instance {answer} now runs there (restarted)"
             )
             abort = False
+        else:
+            reason = f"worker {address} (instance {instance}) {why} and is not running any more"
+            abort = True
+        self._silent_since.pop(instance, None)
         await self.declare_lost(instance, address or "", reason, abort=abort)
 
     async def _address_of(self, instance: str) -> str:
@@ -319,11 +351,12 @@ class Registry:
 
 async def grpc_probe(
     address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = 2.0
-) -> str | None:
-    """The instance id a worker reports from ``GetWorkerStatus``; None when it does not answer."""
+) -> tuple[str, str]:
+    """Ask ``address`` for its instance id (``GetWorkerStatus``): ``(PROBE_OK, id)``, or
+    ``(PROBE_REFUSED, "")`` when nothing accepts connections there, or ``(PROBE_TIMEOUT, "")``."""
     from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
 
-    def call() -> str | None:
+    def call() -> tuple[str, str]:
         channel = (
             grpc.secure_channel(address, credentials)
             if credentials is not None
@@ -332,11 +365,13 @@ async def grpc_probe(
         try:
             stub = control_pb2_grpc.WorkerControlServiceStub(channel)
             reply = stub.GetWorkerStatus(control_pb2.GetWorkerStatusRequest(), timeout=timeout)
-            return reply.status.instance_id
+            return PROBE_OK, reply.status.instance_id
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return None
-            return ""  # reachable, but no WorkerControl: cannot tell, treat as a different process
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return PROBE_REFUSED, ""
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return PROBE_TIMEOUT, ""
+            return PROBE_OK, ""  # something answers there, but not as a worker: not the instance we know
         finally:
             channel.close()
 
