@@ -269,6 +269,7 @@ class TrainableState:
         self.unfreeze = unfreeze
         self._flags: dict[str, dict[str, bool]] = {}
         self._was_param: dict[str, set[str]] = {}
+        self._was_unfrozen: set[str] = set()
 
     def apply(self) -> None:
         for name, node in self.pipeline.nodes.items():
@@ -276,12 +277,18 @@ class TrainableState:
             self._was_param[name] = {
                 b for b in node.TRAINABLE_BUFFERS if isinstance(getattr(node, b, None), torch.nn.Parameter)
             }
+            if getattr(node, "unfrozen", False):  # nodes that train through offsets (RXGlobal)
+                self._was_unfrozen.add(name)
         for name in self.freeze:
             self.pipeline.node(name).freeze()
         for name in self.unfreeze:
             self.pipeline.node(name).unfreeze()
 
     def restore(self) -> None:
+        for name in self.unfreeze:
+            node = self.pipeline.node(name)
+            if getattr(node, "unfrozen", False) and name not in self._was_unfrozen:
+                node.freeze()  # folds trained offsets back into the node's buffers
         for name in [*self.unfreeze, *self.freeze]:
             node = self.pipeline.node(name)
             was_param = self._was_param.get(name, set())
