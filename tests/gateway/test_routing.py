@@ -231,3 +231,29 @@ def test_placement_reports_resource_exhausted(tmp_path):
         gateway.stop()
         worker.stop()
         redis_server.stop()
+
+
+def test_message_size_limit(cluster):
+    from conftest import start_gateway, wait_workers
+
+    gateway = start_gateway(cluster.workdir, cluster.redis_url, "gwSmall", "--max-message-bytes", "2000")
+    try:
+        wait_workers(gateway.address, 2)
+        stub = stub_of(gateway)
+        session = stub.CreateSession(pb.CreateSessionRequest()).session_id
+        small = pb.InferenceRequest(session_id=session)
+        small.inputs.cube.raw_data = b"x" * 1000
+        stub.Inference(small)
+        big = pb.InferenceRequest(session_id=session)
+        big.inputs.cube.raw_data = b"x" * 5000
+        for call in (
+            lambda: stub.Inference(big),
+            lambda: stub.ListAvailablePipelines(pb.ListAvailablePipelinesRequest(filter_tag="t" * 3000)),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_message_bytes" in info.value.details()
+        stub.CloseSession(pb.CloseSessionRequest(session_id=session))
+    finally:
+        gateway.stop()

@@ -66,6 +66,8 @@ def test_promtool_accepts_gateway_and_worker_metrics(cluster):
         stub.Inference(pb.InferenceRequest(session_id="missing"))
     list(stub.Train(pb.TrainRequest(session_id=session)))
     stub.CloseSession(pb.CloseSessionRequest(session_id=session))
+    line = 'cuvis_gateway_rpc_requests_total{code="NOT_FOUND",method="cuvis_ai.v1.CuvisAIService/Inference"}'
+    procs.wait_for(lambda: line in cluster.gateways[0].metrics_text(), timeout=10, what="metrics flushed")
     for server in (cluster.gateways[0], cluster.workers[0]):
         text = server.metrics_text()
         checked = subprocess.run(

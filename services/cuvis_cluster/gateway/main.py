@@ -113,6 +113,7 @@ class Gateway:
             tokens=tokens,
             mutual_tls=bool(s.tls_client_ca),
             metrics=self.metrics,
+            max_message_bytes=s.max_message_bytes,
         )
         self.frontend = FrontEnd(self.router, self.upstreams, metrics=self.metrics, pool=pool)
         self.upstreams.on_lost = lambda address, exc: self.registry.connection_failed(address)
@@ -184,6 +185,7 @@ class Gateway:
             self.upstreams.drop(address)
 
     def _update_health(self) -> None:
+        self.frontend.flush_metrics()
         reg = self.registry
         serving = not self.stopping and reg.redis_up and bool(reg.workers)
         self.local.set_serving(serving, cluster_status=reg.redis_up and not self.stopping)

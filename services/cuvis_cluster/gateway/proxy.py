@@ -31,7 +31,7 @@ import grpc
 
 from cuvis_cluster.gateway import grpcwire
 from cuvis_cluster.gateway.h2link import CANCEL, NO_ERROR, REFUSED_STREAM, Leg, Link, SlabPool
-from cuvis_cluster.gateway.scan import FieldScanner, ScanError
+from cuvis_cluster.gateway.scan import FieldScanner, ScanError, message_too_large
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class Plan:
     route: Route | None = None  # decided from the headers alone
     error: GatewayError | None = None
     after: Callable[[Call, int, str], None] | None = None  # sees the final status
-    scan_response: int = 0  # response field to read (session id of CreateSession)
-    on_response_value: Callable[[Call, str], None] | None = None
+    max_message: int = 0  # largest request message accepted (0: no limit)
 
 
 class Router:
@@ -202,7 +201,7 @@ class Call:
         "path",
         "plan",
         "precredited",
-        "resp_scanner",
+        "prefix",
         "response_started",
         "route",
         "scanner",
@@ -226,7 +225,7 @@ class Call:
         self.plan: Plan | None = None
         self.route: Route | None = None
         self.scanner: FieldScanner | None = None
-        self.resp_scanner: FieldScanner | None = None
+        self.prefix: bytearray | None = None  # first bytes of a request not scanned, for the size limit
         self.buffered: list[memoryview] = []
         self.precredited = 0
         self.down_credited = 0
@@ -286,6 +285,8 @@ class Call:
         self.fe.metrics_start(self)
         if plan.error is not None:
             raise plan.error
+        if plan.max_message and not plan.field_number:
+            self.prefix = bytearray()
         if plan.route is not None:
             self._routed(plan.route)
         elif plan.field_number:
@@ -295,6 +296,7 @@ class Call:
                     plan.field_number,
                     encoding=encoding.decode("ascii", "replace") if encoding else None,
                     field_name=plan.field_name,
+                    max_message=plan.max_message,
                 )
             except ScanError as exc:
                 raise GatewayError(exc.code, str(exc)) from None
@@ -325,10 +327,24 @@ class Call:
                 if scanner.decided:
                     self._field_known()
                 return
+        elif self.prefix is not None:
+            self._check_size(mv)
+            if self.closed:
+                return
         if self.up is not None:
             self.up.send_data(mv)
         else:
             self.buffered.append(mv)
+
+    def _check_size(self, mv: memoryview) -> None:
+        prefix = self.prefix
+        assert prefix is not None and self.plan is not None
+        prefix += mv[: 5 - len(prefix)]
+        if len(prefix) == 5:
+            self.prefix = None
+            size = int.from_bytes(prefix[1:5], "big")
+            if size > self.plan.max_message:
+                self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, message_too_large(size, self.plan.max_message))
 
     def leg_end(self, leg: Leg) -> None:
         if leg is not self.down:
@@ -397,13 +413,6 @@ class Call:
         if self.closed:
             self._give_up(len(mv))
             return
-        if self.resp_scanner is not None and not self.resp_scanner.decided:
-            try:
-                self.resp_scanner.feed(mv)
-                if self.resp_scanner.decided and self.plan and self.plan.on_response_value:
-                    self.plan.on_response_value(self, self.resp_scanner.value)
-            except ScanError:
-                self.resp_scanner = None
         self.down.send_data(mv)
 
     def _up_end(self) -> None:
@@ -502,8 +511,6 @@ class Call:
         self.up = up
         up.on_sent = self._credit_down
         self.down.on_sent = self._credit_up
-        if self.plan is not None and self.plan.scan_response:
-            self.resp_scanner = FieldScanner(self.plan.scan_response)
         buffered, self.buffered = self.buffered, []
         for mv in buffered:
             up.send_data(mv)
@@ -630,8 +637,8 @@ class FrontEnd:
         self.accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
-        self._method_metrics: dict[str, tuple[Any, ...]] = {}
-        self._requests: dict[tuple[str, int], Any] = {}
+        self._in_flight: dict[str, int] = {}
+        self._finished: list[tuple[str, int, float, int, int]] = []
 
     def protocol_factory(self) -> Link:
         link = Link(client_side=False, on_request=self._on_request, on_lost=self._on_lost, pool=self.pool)
@@ -650,23 +657,18 @@ class FrontEnd:
         return call
 
     # -- metrics ---------------------------------------------------------------------------------
-    def _mm(self, method: str) -> tuple[Any, ...]:
-        mm = self._method_metrics.get(method)
-        if mm is None:
-            m = self.metrics
-            mm = (
-                m.in_flight.labels(method),
-                m.latency.labels(method),
-                m.bytes_in.labels(method),
-                m.bytes_out.labels(method),
-            )
-            self._method_metrics[method] = mm
-        return mm
-
+    # Per-call work is a dict update and a list append; :meth:`flush_metrics` (called by the gateway
+    # about twice a second and before shutdown) moves the totals into the Prometheus objects. This
+    # keeps prometheus_client's locks off the per-call path.
     def metrics_start(self, call: Call) -> None:
         if self.metrics is not None and not call.counted:
             call.counted = True
-            self._mm(call.method)[0].inc()
+            method = call.method
+            count = self._in_flight.get(method)
+            if count is None:
+                self.metrics.in_flight.labels(method).set_function(lambda m=method: self._in_flight[m])
+                count = 0
+            self._in_flight[method] = count + 1
 
     def call_done(self, call: Call, message: str) -> None:
         if call not in self.calls:
@@ -682,20 +684,36 @@ class FrontEnd:
             except Exception:
                 log.exception("after-call hook failed")
         if self.metrics is not None:
-            in_flight, latency, bytes_in, bytes_out = self._mm(call.method)
             if call.counted:
-                in_flight.dec()
-            latency.observe(time.perf_counter() - call.stats.started)
-            if call.stats.bytes_in:
-                bytes_in.inc(call.stats.bytes_in)
-            if call.stats.bytes_out:
-                bytes_out.inc(call.stats.bytes_out)
-            key = (call.method, status)
-            counter = self._requests.get(key)
-            if counter is None:
-                counter = self.metrics.requests.labels(call.method, grpcwire.CODE_NAME.get(status, "UNKNOWN"))
-                self._requests[key] = counter
-            counter.inc()
+                self._in_flight[call.method] -= 1
+            stats = call.stats
+            self._finished.append(
+                (call.method, status, time.perf_counter() - stats.started, stats.bytes_in, stats.bytes_out)
+            )
+            if len(self._finished) >= 10_000:
+                self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        finished, self._finished = self._finished, []
+        if not finished or self.metrics is None:
+            return
+        m = self.metrics
+        counts: dict[tuple[str, int], int] = {}
+        sizes: dict[str, list[int]] = {}
+        for method, status, seconds, bytes_in, bytes_out in finished:
+            counts[(method, status)] = counts.get((method, status), 0) + 1
+            total = sizes.get(method)
+            if total is None:
+                sizes[method] = [bytes_in, bytes_out]
+            else:
+                total[0] += bytes_in
+                total[1] += bytes_out
+            m.latency.labels(method).observe(seconds)
+        for (method, status), n in counts.items():
+            m.requests.labels(method, grpcwire.CODE_NAME.get(status, "UNKNOWN")).inc(n)
+        for method, (bytes_in, bytes_out) in sizes.items():
+            m.bytes_in.labels(method).inc(bytes_in)
+            m.bytes_out.labels(method).inc(bytes_out)
 
     def in_flight(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -714,3 +732,4 @@ class FrontEnd:
             call.fail(UNAVAILABLE, "the gateway is shutting down")
         for link in list(self.links):
             link.close()
+        self.flush_metrics()

@@ -119,7 +119,9 @@ class SessionRouter(Router):
         tokens: TokenFile | None = None,
         mutual_tls: bool = False,
         metrics: Any = None,
+        max_message_bytes: int = 0,
     ) -> None:
+        self.max_message = max_message_bytes
         self.registry = registry
         self.table = method_table()
         self.local_route = Route(local_address, local=True)
@@ -203,11 +205,18 @@ class SessionRouter(Router):
                 error=GatewayError(grpc.StatusCode.UNAVAILABLE, self.registry.unavailable_message()),
             )
         kind = info.kind
+        limit = self.max_message
         if kind is Kind.SESSIONLESS:
-            return Plan(method=method, route=self._any_worker())
+            return Plan(method=method, route=self._any_worker(), max_message=limit)
         if kind is Kind.PLACEMENT:
-            return Plan(method=method, resolve=self._resolve, after=self._after)
-        return Plan(method=method, field_number=info.field_number, resolve=self._resolve, after=self._after)
+            return Plan(method=method, resolve=self._resolve, after=self._after, max_message=limit)
+        return Plan(
+            method=method,
+            field_number=info.field_number,
+            resolve=self._resolve,
+            after=self._after,
+            max_message=limit,
+        )
 
     def _any_worker(self) -> Route:
         workers = self.registry.live()

@@ -36,6 +36,10 @@ class ScanError(Exception):
         self.code = code
 
 
+def message_too_large(size: int, limit: int) -> str:
+    return f"request message of {size} bytes is larger than the limit of {limit} bytes (max_message_bytes)"
+
+
 class _ProtoWalker:
     """Top-level protobuf wire-format walker that captures one length-delimited field."""
 
@@ -141,8 +145,10 @@ class FieldScanner:
         encoding: str | None = None,
         max_value: int = 1024,
         field_name: str = "session_id",
+        max_message: int = 0,
     ) -> None:
         self.number = number
+        self.max_message = max_message
         self.encoding = (encoding or "identity").lower()
         if self.encoding not in ("identity", "gzip", "deflate"):
             raise ScanError(
@@ -205,6 +211,10 @@ class FieldScanner:
     def _start_message(self) -> None:
         flag = self._prefix[0]
         self._msg_left = int.from_bytes(self._prefix[1:5], "big")
+        if self.max_message and self._msg_left > self.max_message:
+            raise ScanError(
+                message_too_large(self._msg_left, self.max_message), grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
         if flag not in (0, 1):
             raise ScanError(f"malformed gRPC message prefix (flag {flag})")
         if flag == 1:
