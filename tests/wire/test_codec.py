@@ -72,7 +72,8 @@ def _code_and_details(exc: BaseException) -> tuple[grpc.StatusCode, str]:
             "raw_data has 20 bytes but shape",
         ),
         (pb.Tensor(shape=[2, -3], dtype=pb.D_TYPE_FLOAT32), "shape[1] is -3"),
-        (pb.Tensor(shape=[1 << 40, 1 << 40], dtype=pb.D_TYPE_UINT8), "more than any message can carry"),
+        (pb.Tensor(shape=[1 << 20, 1 << 20], dtype=pb.D_TYPE_UINT8), "more than any message can carry"),
+        (pb.Tensor(shape=[0, 1 << 40, 1 << 40, 61], dtype=pb.D_TYPE_FLOAT32), "shape[1] is 1099511627776"),
         (pb.Tensor(shape=[1] * 40, dtype=pb.D_TYPE_UINT8, raw_data=b"\0"), "rank 40 exceeds"),
         (
             pb.Tensor(shape=[2], dtype=pb.D_TYPE_UNSPECIFIED, raw_data=b"\0\0"),

@@ -50,6 +50,12 @@ def test_grpcurl_lists_describes_and_checks_health(worker):
     rpcs = re.findall(r"rpc (\w+) \(", described.stdout)
     assert len(rpcs) == 29 and "Inference" in rpcs and "Train" in rpcs
 
+    # The proto comments reach grpcurl, and single methods can be described.
+    assert "// Trains the session's pipeline and streams progress." in described.stdout
+    method = procs.grpcurl("-plaintext", worker.address, "describe", "cuvis_ai.v1.CuvisAIService.Train")
+    assert method.returncode == 0, method.stderr
+    assert "returns ( stream .cuvis_ai.v1.TrainResponse )" in method.stdout
+
     message = procs.grpcurl("-plaintext", worker.address, "describe", "cuvis_ai.v1.InferenceRequest")
     assert message.returncode == 0 and "output_specs" in message.stdout
 

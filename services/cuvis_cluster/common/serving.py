@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from cuvis_cluster.common.telemetry import RpcMetrics
+from cuvis_cluster.wire.descriptors import documented_pool
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,11 @@ def enable_reflection(server: grpc.Server, service_names: Iterable[str]) -> list
     """Serve reflection (v1 and v1alpha) listing ``service_names`` plus both reflection services."""
     _reflection_v1_file()
     names = list(dict.fromkeys([*service_names, REFLECTION_V1_SERVICE_NAME, REFLECTION_V1ALPHA_SERVICE_NAME]))
-    servicer = reflection.ReflectionServicer(names)
-    reflection.enable_server_reflection(names, server)
+    # The documented pool serves the descriptors with their proto comments, so `grpcurl describe`
+    # shows them, and resolves `Service.Method` symbols.
+    pool = documented_pool()
+    servicer = reflection.ReflectionServicer(names, pool=pool)
+    reflection.enable_server_reflection(names, server, pool=pool)
     # v1 and v1alpha messages are byte-identical on the wire, so the v1alpha codec serves v1 as well.
     v1_handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,

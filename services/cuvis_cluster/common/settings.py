@@ -95,7 +95,7 @@ class _Base(BaseSettings):
         for name, info in cls.model_fields.items():
             kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
             help_text = (info.description or "").replace("%", "%%")
-            default = info.default
+            default = info.get_default(call_default_factory=True)
             kwargs["help"] = f"{help_text} [env {env_name(name)}; default {default!r}]"
             annotation = info.annotation
             if annotation is bool:

@@ -73,6 +73,10 @@ def element_count(shape: Any, *, field: str = "tensor") -> int:
     for axis, dim in enumerate(dims):
         if dim < 0:
             raise TensorError(f"{field}: shape[{axis}] is {dim}; dimensions must be >= 0", field=field)
+        if dim > MAX_PAYLOAD_BYTES:  # even beside a zero dim, numpy cannot shape such an array
+            raise TensorError(
+                f"{field}: shape[{axis}] is {dim}, larger than any message can carry", field=field
+            )
     count = math.prod(dims)
     if count > MAX_PAYLOAD_BYTES:
         raise TensorError(
