@@ -78,7 +78,7 @@ def test_grpcurl_lists_describes_and_checks_health(worker):
         "-plaintext", "-d", "{}", worker.address, "cuvis_ai.v1.CuvisAIService/CreateSession"
     )
     assert created.returncode == 0, created.stderr
-    session_id = json.loads(created.stdout)["session_id"]
+    session_id = json.loads(created.stdout)["sessionId"]  # proto3 JSON names, as grpcurl prints them
     closed = procs.grpcurl(
         "-plaintext",
         "-d",
