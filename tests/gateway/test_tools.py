@@ -49,7 +49,7 @@ def test_grpcurl_list_describe_and_health_check(cluster):
     workers = procs.grpcurl(
         "-plaintext", gateway, "cuvis_cluster.internal.v1.ClusterStatusService/ListWorkers"
     )
-    assert workers.returncode == 0 and workers.stdout.count('"instance_id"') == 2
+    assert workers.returncode == 0 and workers.stdout.count('"instanceId"') == 2
     # A CuvisAIService call by grpcurl, routed to a worker.
     call = procs.grpcurl("-plaintext", gateway, "cuvis_ai.v1.CuvisAIService/ListAvailablePipelines")
     assert call.returncode == 0 and "standin-" in call.stdout
