@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from cuvis_cluster.localcluster import demo
 from cuvis_cluster.localcluster.cluster import ClusterError, LocalCluster
 
 DESCRIPTION = "Run a local cuvis-ai cluster: redis-server, N workers and a gateway on loopback."
@@ -67,7 +68,7 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"up": _up}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"up": _up, "demo": demo.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--workdir", type=Path, help="keep logs and outputs here (default: a temporary dir)")
     up.add_argument("--grace-seconds", type=float, default=10.0, help="shutdown grace period [10]")
+    demo.add_parser(sub)
     return parser
 
 
