@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -124,6 +126,14 @@ def test_mutating_calls_while_training_are_failed_precondition_then_stop_train_c
         ),
         "Train": lambda: list(
             stub.Train(pb.TrainRequest(session_id=session, trainer_type=pb.TRAINER_TYPE_STATISTICAL))
+        ),
+        # the statistical trainer fits buffers in place: no answers (or files) from a half-fitted model
+        "Inference": lambda: _infer(stub, session, cube_batch(synthetic_frame(size=8))),
+        "SavePipeline": lambda: stub.SavePipeline(
+            pb.SavePipelineRequest(session_id=session, pipeline_path="during_training.yaml")
+        ),
+        "SaveTrainRun": lambda: stub.SaveTrainRun(
+            pb.SaveTrainRunRequest(session_id=session, trainrun_path="during_training_run.yaml")
         ),
     }
     for name, call in calls.items():
@@ -386,3 +396,69 @@ def test_schema_and_discovery_errors(stub):
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, path
     error = rpc_error(stub.GetPipelineInfo, pb.GetPipelineInfoRequest(pipeline_path="missing.yaml"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ------------------------------------------------------------------------------------------ review findings
+
+
+def test_interpolation_in_an_override_is_invalid_argument_and_leaks_nothing(stub, session):
+    for override in ("metadata.name=${oc.env:HOME}", "metadata.description=${oc.env:PATH}"):
+        overrides = ["metadata.tags=[x]", override]
+        error = rpc_error(resolve, stub, session, "pipeline", "rx_statistical", overrides)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "overrides[1]: interpolations are not allowed in overrides" in error.details()
+    # a plain override still works
+    plain = resolve(stub, session, "pipeline", "rx_statistical", ["metadata.name=plain"])
+    assert plain["metadata"]["name"] == "plain"
+
+
+def test_non_utf8_config_bytes_are_invalid_argument(stub, session):
+    error = rpc_error(
+        stub.LoadPipeline,
+        pb.LoadPipelineRequest(session_id=session, pipeline=pb.PipelineConfig(config_bytes=b"\xff\xfe")),
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "config" in error.details()
+    error = rpc_error(
+        stub.SetTrainRunConfig,
+        pb.SetTrainRunConfigRequest(session_id=session, config=pb.TrainRunConfig(config_bytes=b"\xff\xfe")),
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "config" in error.details()
+    reply = stub.ValidateConfig(pb.ValidateConfigRequest(config_type="pipeline", config_bytes=b"\xff\xfe"))
+    assert not reply.valid and any("UTF-8" in e for e in reply.errors)
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 8, 61), (1, 0, 8, 61)])
+def test_zero_size_cube_is_invalid_argument(stub, trained, shape):
+    batch = pb.InputBatch(cube=codec.encode(np.zeros(shape, np.float32)))
+    error = rpc_error(_infer, stub, trained, batch)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs.cube" in error.details()
+
+
+def test_huge_node_params_are_invalid_argument(stub, session):
+    pipeline = resolve(stub, session, "pipeline", "rx_statistical")
+    rx = next(n for n in pipeline["nodes"] if n["type"] == "RXGlobal")
+    rx["params"]["num_channels"] = 10**12
+    error = rpc_error(load_pipeline, stub, session, pipeline)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rx["name"] in error.details() and "num_channels" in error.details()
+
+
+@pytest.mark.parametrize("path", [".", "/", "..", "strict"])
+def test_save_pipeline_to_a_directory_is_invalid_argument(stub, trained, path):
+    stub.SavePipeline(pb.SavePipelineRequest(session_id=trained, pipeline_path="strict/made.yaml"))
+    error = rpc_error(stub.SavePipeline, pb.SavePipelineRequest(session_id=trained, pipeline_path=path))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "pipeline_path" in error.details()
+
+
+def test_saved_files_are_not_private_to_the_worker(stub, trained):
+    saved = stub.SavePipeline(pb.SavePipelineRequest(session_id=trained, pipeline_path="modes/rx.yaml"))
+    mask = os.umask(0)  # the worker inherits this process's umask
+    os.umask(mask)
+    for path in (saved.pipeline_path, saved.weights_path):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask, oct(os.stat(path).st_mode)
+
+
+def test_pipeline_inputs_mark_pass_through_inputs_required(stub, session):
+    load_pipeline(stub, session, resolve(stub, session, "pipeline", "deep_svdd"))
+    specs = stub.GetPipelineInputs(pb.GetPipelineInputsRequest(session_id=session)).input_specs
+    assert specs["cube"].required and specs["wavelengths"].required and not specs["mask"].required

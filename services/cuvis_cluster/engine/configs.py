@@ -17,6 +17,8 @@ Resolution of ``path`` for ``config_type``:
 5. The result is validated with the pydantic model of ``config_type``.
 
 Hydra's ``GlobalHydra`` is process-wide, so every compose runs under one module lock and clears it.
+Overrides come from clients and must not contain OmegaConf interpolations (``${...}``): they are refused
+with InvalidArgument naming the override, so a client cannot resolve ``${oc.env:...}`` on the worker.
 Errors: a missing file -> NotFound; a path outside the roots -> PermissionDenied; ``..`` in a relative
 path, Hydra/YAML/override errors and validation failures -> InvalidArgument naming the field path.
 """
@@ -122,6 +124,12 @@ def _first_lines(exc: BaseException, n: int = 3) -> str:
     return " ".join(line.strip() for line in text.splitlines()[:n] if line.strip())
 
 
+def _refuse_env(*_args: Any, **_kwargs: Any) -> Any:
+    raise InvalidArgument(
+        "${oc.env:...} interpolations are disabled: configs may not read the server's environment"
+    )
+
+
 def compose(root: Path, config_name: str, overrides: Sequence[str], what: str) -> dict[str, Any]:
     """One Hydra compose under the module lock; any Hydra/YAML/override error -> InvalidArgument."""
     from hydra import compose as hydra_compose
@@ -130,6 +138,9 @@ def compose(root: Path, config_name: str, overrides: Sequence[str], what: str) -
     from omegaconf import OmegaConf
 
     with _HYDRA_LOCK:
+        # Files under the output root are written from client content (pipeline metadata, configs), so
+        # no config may read the worker's environment (tokens, Redis passwords).
+        OmegaConf.register_new_resolver("oc.env", _refuse_env, replace=True)
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(root), version_base=None, job_name="cuvis_resolve"):
@@ -164,6 +175,13 @@ def _check_overrides(overrides: Iterable[str]) -> list[str]:
         if not isinstance(item, str) or not item.strip():
             raise InvalidArgument(f"overrides[{i}]: empty override", field=f"overrides.{i}")
         item = item.strip()
+        if "${" in item:
+            # OmegaConf would resolve it on the worker (``${oc.env:HOME}``, ``${oc.decode:...}``): a client
+            # must not be able to read the worker's environment or files through an override. Interpolations
+            # in the trusted config files themselves still resolve.
+            raise InvalidArgument(
+                f"overrides[{i}]: interpolations are not allowed in overrides", field=f"overrides.{i}"
+            )
         mods, key, rest = _split(item)
         if not key or (not rest and not mods.startswith("~")):
             raise InvalidArgument(

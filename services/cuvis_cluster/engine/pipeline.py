@@ -23,7 +23,7 @@ from torch import nn
 from cuvis_cluster.engine import schemas
 from cuvis_cluster.engine.nodes.base import ANY_DTYPE, TORCH_DTYPES, Node, NodeRegistry, Port, Stage
 from cuvis_cluster.engine.types import TensorSpecInfo
-from cuvis_cluster.errors import CuvisError, InvalidArgument
+from cuvis_cluster.errors import CuvisError, InvalidArgument, ResourceExhausted
 
 # Keys a batch (from a data module or an Inference request) may carry; they feed unconnected ports.
 BATCH_KEYS = (
@@ -57,6 +57,21 @@ def _plain(value: Any) -> Any:
 
 def _label(node: Node) -> str:
     return f"node {node.name!r} ({node.type_name})"
+
+
+_MEMORY_HINTS = ("out of memory", "allocat", "not enough memory", "cannot allocate", "memory")
+
+
+def is_memory_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (host or device) rather than a programming error."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(h in str(exc).lower() for h in _MEMORY_HINTS)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Pipeline(nn.Module):
@@ -117,6 +132,17 @@ class Pipeline(nn.Module):
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(
                     f"node {spec.name!r} ({cls_.type_name}): bad params: {exc}", field=f"nodes.{index}.params"
+                ) from None
+            except (RuntimeError, MemoryError) as exc:
+                if is_memory_error(exc):
+                    raise ResourceExhausted(
+                        f"node {spec.name!r} ({cls_.type_name}): not enough memory to build it with these "
+                        f"params ({_first_line(exc)}); use smaller sizes",
+                        field=f"nodes.{index}.params",
+                    ) from None
+                raise InvalidArgument(
+                    f"node {spec.name!r} ({cls_.type_name}): bad params: {_first_line(exc)}",
+                    field=f"nodes.{index}.params",
                 ) from None
             node.name = spec.name
             nodes[spec.name] = node
@@ -307,8 +333,10 @@ class Pipeline(nn.Module):
     def input_specs(self) -> list[TensorSpecInfo]:
         """Unconnected input ports of the nodes that run in INFERENCE, merged by port name.
 
-        These are the batch keys an Inference caller can send; ``required`` when any such port is not
-        optional.
+        These are the batch keys an Inference caller can send; ``required`` when any node that consumes the
+        key in INFERENCE needs it: a port that is not optional, or an optional port that passes the key
+        through (an output of the same name) to a required port further down (``HyperspectralInput``'s
+        ``wavelengths`` feeding ``BandpassByWavelength``).
         """
         specs: dict[str, TensorSpecInfo] = {}
         for name in self.order:
@@ -318,13 +346,36 @@ class Pipeline(nn.Module):
             for port, spec in node.input_ports().items():
                 if (name, port) in self._incoming:
                     continue
-                required = not spec.optional
+                required = not spec.optional or self._needed_downstream(name, port)
                 if port in specs:
                     if required and not specs[port].required:
                         specs[port].required = True
                     continue
                 specs[port] = TensorSpecInfo(port, spec.wire_shape, spec.wire_dtype, required)
         return list(specs.values())
+
+    def _needed_downstream(self, name: str, port: str) -> bool:
+        """Whether the value entering ``name.port`` leaves as output ``name.port`` and reaches (through
+        such pass-throughs) a required input of a node that runs in INFERENCE."""
+        seen: set[tuple[str, str]] = set()
+        todo = deque([(name, port)])
+        while todo:
+            node_name, key = todo.popleft()
+            if (node_name, key) in seen:
+                continue
+            seen.add((node_name, key))
+            if key not in self._node(node_name).output_ports():
+                continue
+            for src, sport, dst, dport in self.connections:
+                if src != node_name or sport != key:
+                    continue
+                target = self._node(dst)
+                if Stage.INFERENCE not in target.STAGES:
+                    continue
+                if not target.input_ports()[dport].optional:
+                    return True
+                todo.append((dst, dport))
+        return False
 
     def output_specs(self) -> list[TensorSpecInfo]:
         """Every output of the nodes that run in INFERENCE, named ``node.port``."""
@@ -403,7 +454,15 @@ class Pipeline(nn.Module):
 
     def to_device(self, device: torch.device | str) -> Pipeline:
         device = torch.device(device)
-        self.to(device)
+        try:
+            self.to(device)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_memory_error(exc):
+                raise
+            self.to("cpu")  # give back whatever part already moved
+            raise ResourceExhausted(
+                f"the pipeline does not fit in {device.type} memory ({_first_line(exc)})"
+            ) from None
         self._device = device
         return self
 

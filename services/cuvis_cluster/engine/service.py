@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,16 @@ def _parse_payload(payload: bytes | str | Mapping[str, Any] | None, field: str) 
     if isinstance(payload, Mapping):
         data: Any = dict(payload)
     else:
-        text = (
-            payload.decode("utf-8", errors="strict")
-            if isinstance(payload, bytes | bytearray)
-            else str(payload)
-        )
+        if isinstance(payload, bytes | bytearray | memoryview):
+            try:
+                text = bytes(payload).decode("utf-8", errors="strict")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(
+                    f"{field}: not UTF-8 text (invalid byte at offset {exc.start}); send JSON or YAML",
+                    field=field,
+                ) from None
+        else:
+            text = str(payload)
         if not text.strip():
             raise InvalidArgument(f"{field}: the config is empty", field=field)
         try:
@@ -98,12 +104,26 @@ def _parse_payload(payload: bytes | str | Mapping[str, Any] | None, field: str) 
     return data
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; done under a lock so no other thread sees the 0 in between.
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file and rename; the file gets ``0o666 & ~umask`` like a plain ``open`` would
+    (mkstemp creates 0600, which other readers of a shared volume cannot open)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -198,6 +218,11 @@ class Engine:
         if "\x00" in text:
             raise InvalidArgument(f"{field}: contains a NUL byte", field=field)
         p = Path(text).expanduser()
+        if text.endswith(("/", os.sep)) or p.name in ("", ".", ".."):
+            raise InvalidArgument(f"{field}: {text!r} does not name a file", field=field)
+        given = p if p.is_absolute() else self.output_dir / p
+        if given.is_dir():
+            raise InvalidArgument(f"{field}: {text!r} is a directory", field=field)
         if p.suffix not in suffixes:
             if p.suffix and p.suffix != ".pt":
                 raise InvalidArgument(
@@ -403,9 +428,10 @@ class Engine:
         self, session_id: str, path: str, metadata: Mapping[str, Any] | None = None
     ) -> tuple[str, str]:
         session = self.session(session_id)
-        yaml_path = self._output_file(path, "path")
+        yaml_path = self._output_file(path, "pipeline_path")
         pt_path = yaml_path.with_suffix(".pt")
         with session.reading():
+            session._refuse_if_training("SavePipeline")
             pipeline = self._require_pipeline(session)
             meta = dict(pipeline.metadata)
             for key, value in (metadata or {}).items():
@@ -577,10 +603,10 @@ class Engine:
                 field="trainer_type",
             )
         session._refuse_if_training("Train")
-        pipeline = self._require_pipeline(session)
-        data_cfg = self._coerce_section(data, "data") or session.data_config
-        training_cfg = self._coerce_section(training, "training") or session.training_config
-        if not data_cfg:
+        self._require_pipeline(session)
+        data_override = self._coerce_section(data, "data")
+        training_override = self._coerce_section(training, "training")
+        if not (data_override or session.data_config):
             raise InvalidArgument(
                 "data: no data config; set one with SetTrainRunConfig (the trainrun's `data`) "
                 "or send it with Train",
@@ -589,14 +615,24 @@ class Engine:
         trainer = load_trainer(kind)
         with session.lock.write():
             session.begin_training()
+            # Captured only now, under the write lock and with the flag held: a LoadPipeline or
+            # SetTrainRunConfig that raced with this call either finished before or is refused after.
+            pipeline = session.pipeline
+            data_cfg = data_override or session.data_config
+            training_cfg = training_override or session.training_config
+            trainrun = session.trainrun
         try:
+            if pipeline is None:  # unloaded between the check above and the flag
+                raise FailedPrecondition(f"no pipeline is loaded in session {session.id}; call LoadPipeline")
+            if not data_cfg:
+                raise InvalidArgument("data: no data config; send it with Train", field="data")
             ctx = TrainContext(
                 trainer_type=kind,
                 session=session,
                 pipeline=pipeline,
                 data=data_cfg,
                 training=training_cfg,
-                trainrun=session.trainrun,
+                trainrun=trainrun,
                 device=self.device,
                 engine=self,
             )
@@ -649,6 +685,7 @@ class Engine:
         pipeline_path = trainrun_path.with_name(f"{stem}_pipeline.yaml")
         weights_path = trainrun_path.with_suffix(".pt")
         with session.reading():
+            session._refuse_if_training("SaveTrainRun")
             pipeline = self._require_pipeline(session)
             trainrun = dict(session.trainrun or {})
             trainrun.setdefault("name", stem)
@@ -724,9 +761,16 @@ class Engine:
                     f"inputs.{spec.name}: missing required input (needed by node {needers})",
                     field=f"inputs.{spec.name}",
                 )
+        required = {spec.name for spec in pipeline.input_specs() if spec.required}
         for key, value in batch.items():
             if not isinstance(value, torch.Tensor):
                 continue
+            if key in required and value.dim() > 0 and 0 in value.shape:
+                raise InvalidArgument(
+                    f"inputs.{key}: has an empty dimension (shape {tuple(value.shape)}); every dimension "
+                    "must be at least 1",
+                    field=f"inputs.{key}",
+                )
             if key == "cube" and (value.dtype == torch.bool or value.is_complex()):
                 raise InvalidArgument(
                     "inputs.cube: expected a numeric dtype (uint16, float32, ...), "
@@ -771,6 +815,9 @@ class Engine:
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         session = self.session(session_id)
         with session.reading():
+            # A running trainer updates buffers in place (statistical init, EMA centres): refuse rather
+            # than answer from a half-fitted model.
+            session._refuse_if_training("Inference")
             pipeline = self._require_pipeline(session)
         batch = {k: v for k, v in inputs.items() if v is not None}
         self._check_inputs(pipeline, batch)
@@ -787,9 +834,10 @@ class Engine:
                 )
         try:
             with session.reading(), torch.no_grad():
+                session._refuse_if_training("Inference")
                 raw = pipeline(batch, Stage.INFERENCE)
-        except torch.cuda.OutOfMemoryError as exc:
-            raise ResourceExhausted(f"inference ran out of GPU memory: {str(exc).splitlines()[0]}") from None
+        except torch.OutOfMemoryError as exc:
+            raise ResourceExhausted(f"inference ran out of memory: {str(exc).splitlines()[0]}") from None
         tensors: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
         for key, value in raw.items():

@@ -157,8 +157,16 @@ def copy_into(node: Node, name: str, value: torch.Tensor) -> None:
         target.copy_(value.detach().to(target))
 
 
-def int_param(value: Any, name: str, minimum: int | None = None) -> int:
-    """A node hyper-parameter as int; TypeError (-> InvalidArgument at pipeline build) when it is not one."""
+# Upper bounds on size hyper-parameters: a client-supplied config must not be able to make the worker
+# allocate absurd buffers (an RX covariance of num_channels² entries, a Linear of in_channels x hidden...).
+MAX_CHANNELS = 4096  # spectral channels of any node (num_channels, in_channels, input_channels)
+MAX_HIDDEN = 8192  # hidden widths and embedding sizes (hidden, rep_dim)
+MAX_RFF = 65536  # random Fourier features (n_rff)
+
+
+def int_param(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A node hyper-parameter as int; TypeError (-> InvalidArgument at pipeline build) when it is not one
+    or lies outside ``[minimum, maximum]``."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
@@ -169,6 +177,8 @@ def int_param(value: Any, name: str, minimum: int | None = None) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and out < minimum:
         raise TypeError(f"{name} must be >= {minimum}, got {out}")
+    if maximum is not None and out > maximum:
+        raise TypeError(f"{name} must be <= {maximum}, got {out}")
     return out
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ._common import (
     BHWC,
+    MAX_CHANNELS,
     SCORE_SHAPE,
     StreamingMoments,
     check_bhwc,
@@ -68,6 +69,8 @@ class RXGlobal(Node):
     ``mu``/``cov``/``cov_inv`` are written back into the buffers at every forward and are what
     ``state_dict()`` reports (the offsets never appear in checkpoints); loading a checkpoint into an
     unfrozen node re-bases the offsets on the loaded values. ``freeze()`` bakes them in and drops them.
+
+    Bounds: ``1 <= num_channels <= 4096`` (``MAX_CHANNELS``); larger values are refused at build time.
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
@@ -82,7 +85,7 @@ class RXGlobal(Node):
     _BASES = ("_mu0", "_std", "_chol0")
 
     def __init__(self, num_channels: int, eps: float = 1e-6, cache_inverse: bool = True) -> None:
-        n = int_param(num_channels, "num_channels", minimum=1)
+        n = int_param(num_channels, "num_channels", minimum=1, maximum=MAX_CHANNELS)
         eps = float_param(eps, "eps", minimum=0.0)
         super().__init__(num_channels=n, eps=eps, cache_inverse=bool(cache_inverse))
         self.num_channels = n

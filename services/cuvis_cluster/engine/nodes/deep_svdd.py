@@ -12,6 +12,9 @@ from torch import nn
 
 from ._common import (
     BHWC,
+    MAX_CHANNELS,
+    MAX_HIDDEN,
+    MAX_RFF,
     SCORE_SHAPE,
     StreamingMoments,
     bad_input,
@@ -39,6 +42,9 @@ class DeepSVDDProjection(Node):
     ``sqrt(2/n_rff)·cos(xW + b)`` with ``W ~ N(0, 2·gamma)`` and ``b ~ U(0, 2π)``, which approximate the RBF
     kernel ``exp(-gamma·‖x-y‖²)`` (gamma defaults to ``1/in_channels``). ``W`` and ``b`` are fixed buffers
     saved with the weights. The final layer has no bias, as Deep SVDD requires to avoid the trivial solution.
+
+    Bounds (refused at build time beyond them): ``in_channels <= 4096``, ``hidden <= 8192``,
+    ``rep_dim <= 8192``, ``n_rff <= 65536``.
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
@@ -57,12 +63,12 @@ class DeepSVDDProjection(Node):
         gamma: float | None = None,
         mlp_forward_batch_size: int | None = None,
     ) -> None:
-        c = int_param(in_channels, "in_channels", minimum=1)
-        d = int_param(rep_dim, "rep_dim", minimum=1)
-        h = int_param(hidden, "hidden", minimum=1)
+        c = int_param(in_channels, "in_channels", minimum=1, maximum=MAX_CHANNELS)
+        d = int_param(rep_dim, "rep_dim", minimum=1, maximum=MAX_HIDDEN)
+        h = int_param(hidden, "hidden", minimum=1, maximum=MAX_HIDDEN)
         if kernel not in KERNELS:
             raise TypeError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        r = int_param(n_rff, "n_rff", minimum=1)
+        r = int_param(n_rff, "n_rff", minimum=1, maximum=MAX_RFF)
         g = None if gamma is None else float_param(gamma, "gamma", minimum=1e-12)
         chunk = (
             None
@@ -110,6 +116,7 @@ class DeepSVDDCenterTracker(Node):
     Statistical init: ``c`` = mean embedding over the train split. In training mode (and in eval mode
     when ``update_in_eval``) every batch moves it by an EMA step ``c <- (1-alpha)·c + alpha·mean(batch)``,
     without gradient. Outputs ``center [D]`` and ``metrics`` ``{"center_norm": ‖c‖}``.
+    Bounds: ``1 <= rep_dim <= 8192`` (``MAX_HIDDEN``).
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"embeddings": Port("float32", EMBEDDINGS)}
@@ -123,7 +130,7 @@ class DeepSVDDCenterTracker(Node):
     DESCRIPTION = "Deep SVDD centre: mean embedding, tracked by EMA while training."
 
     def __init__(self, rep_dim: int = 32, alpha: float = 0.1, update_in_eval: bool = False) -> None:
-        d = int_param(rep_dim, "rep_dim", minimum=1)
+        d = int_param(rep_dim, "rep_dim", minimum=1, maximum=MAX_HIDDEN)
         a = float_param(alpha, "alpha", minimum=0.0, maximum=1.0)
         super().__init__(rep_dim=d, alpha=a, update_in_eval=bool(update_in_eval))
         self.rep_dim, self.alpha, self.update_in_eval = d, a, bool(update_in_eval)

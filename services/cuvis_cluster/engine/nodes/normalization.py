@@ -11,6 +11,7 @@ from cuvis_cluster.errors import FailedPrecondition
 
 from ._common import (
     BHWC,
+    MAX_CHANNELS,
     StreamingMoments,
     check_bhwc,
     copy_into,
@@ -88,6 +89,7 @@ class ZScoreNormalizerGlobal(Node):
 
     The std is the sample standard deviation (ddof=1), accumulated in float64 by streaming moments.
     Unknown keyword params (upstream's YAML passes ``hidden``) are accepted and ignored.
+    Bounds: ``1 <= num_channels <= 4096`` (``MAX_CHANNELS``).
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
@@ -98,7 +100,7 @@ class ZScoreNormalizerGlobal(Node):
     DESCRIPTION = "Per-channel z-score with mean/std fitted on the train split."
 
     def __init__(self, num_channels: int, eps: float = 1e-8, **ignored: Any) -> None:
-        n = int_param(num_channels, "num_channels", minimum=1)
+        n = int_param(num_channels, "num_channels", minimum=1, maximum=MAX_CHANNELS)
         eps = float_param(eps, "eps", minimum=0.0)
         super().__init__(num_channels=n, eps=eps, **ignored)
         self.num_channels = n

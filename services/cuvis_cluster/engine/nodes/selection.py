@@ -9,6 +9,7 @@ import torch
 
 from ._common import (
     BHWC,
+    MAX_CHANNELS,
     StreamingMoments,
     check_bhwc,
     copy_into,
@@ -33,6 +34,7 @@ class SoftChannelSelector(Node):
     ``T = max(temperature_min, temperature_init · temperature_decay^epoch)`` through :meth:`on_epoch_start`;
     it is a persistent buffer so a reloaded model reproduces the trained weights. ``init_method='variance'``
     sets ``logits = log(var_c + eps)`` from the train split (statistical init); ``'uniform'`` starts at 0.
+    Bounds: ``1 <= n_select <= input_channels <= 4096`` (``MAX_CHANNELS``).
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
@@ -56,7 +58,7 @@ class SoftChannelSelector(Node):
         hard: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        channels = int_param(input_channels, "input_channels", minimum=1)
+        channels = int_param(input_channels, "input_channels", minimum=1, maximum=MAX_CHANNELS)
         k = int_param(n_select, "n_select", minimum=1)
         if k > channels:
             raise TypeError(f"n_select ({k}) exceeds input_channels ({channels})")

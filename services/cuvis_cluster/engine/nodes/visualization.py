@@ -79,7 +79,9 @@ def colormap_lut(name: str) -> np.ndarray:
 
 
 def _per_image_minmax(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Scale each image (dim 0) and channel (last dim) to [0, 1]."""
+    """Scale each image (dim 0) and channel (last dim) to [0, 1]; an empty tensor comes back empty."""
+    if x.numel() == 0:
+        return x.to(torch.float32) if not x.is_floating_point() else x.clone()
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
     lo = flat.amin(dim=1).view(x.shape[0], 1, 1, x.shape[-1])
     hi = flat.amax(dim=1).view(x.shape[0], 1, 1, x.shape[-1])
@@ -187,6 +189,8 @@ class FalseRGBVisualizer(Visualizer):
     def forward(self, **inputs: Any) -> dict[str, Any]:
         cube = check_bhwc(self, "cube", require_input(self, inputs, "cube"))
         channels = cube.shape[-1]
+        if channels == 0:
+            raise bad_input(self, "cube", f"has no channels (shape {tuple(cube.shape)})")
         wavelengths = inputs.get("wavelengths")
         if wavelengths is not None:
             wavelengths = wavelengths[0] if wavelengths.dim() == 2 else wavelengths
