@@ -10,7 +10,8 @@ forward, identity serializers) as the baseline the issue describes.
 
 Measured per path, interleaved round by round so that machine noise hits every path alike:
 
-* small: ``Inference`` with a ~100-byte request on an existing session, p50 and p99 latency;
+* small: ``Inference`` with a ~100-byte request on an existing session, p50 and p99 latency; the paths
+  take turns in blocks of ``--block`` calls (``--block 1``: call by call);
 * big: ``Inference`` whose request carries a 256 MiB tensor (pre-serialized once, sent as raw bytes),
   end to end until the reply arrives; median and best of the rounds.
 
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=256, help="tensor size of the big Inference [256]")
     parser.add_argument("--rounds", type=int, default=5, help="big calls per path [5]")
     parser.add_argument("--small", type=int, default=1000, help="small calls per path and round [1000]")
+    parser.add_argument("--block", type=int, default=50, help="small calls per path before switching [50]")
     parser.add_argument("--no-nginx", action="store_true")
     parser.add_argument("--no-naive", action="store_true")
     args = parser.parse_args()
@@ -304,21 +306,25 @@ def main() -> None:
         big_times: dict[str, list[float]] = {n: [] for n in calls}
         gateway_cpu = 0.0
         for _round in range(args.rounds):
-            # Small calls alternate path by path, call by call: noise from the rest of the machine
-            # (other processes, frequency changes) lands on every path alike.
+            # Small calls alternate between the paths in blocks of --block calls: noise from the rest
+            # of the machine lands on every path alike. --block 1 alternates call by call, which
+            # measures every call as a cold wake-up of an otherwise idle process.
             cpu0 = cpu_seconds(rig.pids["gateway"])
-            for _ in range(args.small):
+            for _ in range(max(args.small // args.block, 1)):
                 for name, call in calls.items():
-                    t = time.perf_counter()
-                    call(small_bytes)
-                    small_times[name].append(time.perf_counter() - t)
+                    times = small_times[name]
+                    for _ in range(args.block):
+                        t = time.perf_counter()
+                        call(small_bytes)
+                        times.append(time.perf_counter() - t)
             gateway_cpu += cpu_seconds(rig.pids["gateway"]) - cpu0
             for name, call in calls.items():
                 t = time.perf_counter()
                 reply = pb.InferenceResponse.FromString(call(big_bytes))
                 big_times[name].append(time.perf_counter() - t)
                 assert reply.outputs["request"].shape[0] == len(big_bytes)
-        report(args, small_times, big_times, gateway_cpu / (args.rounds * args.small))
+        per_round = max(args.small // args.block, 1) * args.block
+        report(args, small_times, big_times, gateway_cpu / (args.rounds * per_round))
     finally:
         rig.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -331,7 +337,7 @@ def report(args, small_times, big_times, gateway_cpu_per_call: float) -> None:
 
     d50, d99 = pct(small_times["direct"], 0.5), pct(small_times["direct"], 0.99)
     dbig = statistics.median(big_times["direct"])
-    runs = f"{args.rounds} rounds x {args.small} small calls; big {args.big_mib} MiB"
+    runs = f"{args.rounds} rounds x {args.small} small calls (blocks of {args.block}); big {args.big_mib} MiB"
     print(f"\nmachine: {os.cpu_count()} CPUs; {runs}")
     head = f"{'path':24} {'small p50':>10} {'p99':>8} {'+p50':>8}"
     print(f"{head} | {'big median':>10} {'best':>7} {'x direct':>8}")

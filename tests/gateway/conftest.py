@@ -14,7 +14,8 @@ from helpers import procs
 from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
 
 STANDIN = Path(__file__).resolve().parent / "standin_worker.py"
-HEARTBEAT_TTL = "2"
+# Short enough for quick failure tests, long enough for a heartbeat thread on a busy 2-core machine.
+HEARTBEAT_TTL = "4"
 
 
 def start_standin(

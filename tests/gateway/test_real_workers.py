@@ -35,8 +35,8 @@ def real(tmp_path_factory) -> Iterator[tuple[LocalCluster, procs.ServerProcess]]
     cluster = LocalCluster(
         workers=2,
         workdir=workdir,
-        worker_args=["--device", "cpu", "--heartbeat-seconds", "0.5", "--heartbeat-ttl-seconds", "2"],
-        gateway_args=["--heartbeat-ttl-seconds", "2"],
+        worker_args=["--device", "cpu", "--heartbeat-seconds", "0.5", "--heartbeat-ttl-seconds", "4"],
+        gateway_args=["--heartbeat-ttl-seconds", "4"],
         grace_seconds=3,
     )
     cluster.start()

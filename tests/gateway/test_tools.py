@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -49,7 +50,10 @@ def test_grpcurl_list_describe_and_health_check(cluster):
     workers = procs.grpcurl(
         "-plaintext", gateway, "cuvis_cluster.internal.v1.ClusterStatusService/ListWorkers"
     )
-    assert workers.returncode == 0 and workers.stdout.count('"instanceId"') == 2
+    assert workers.returncode == 0, workers.stderr
+    listed_workers = json.loads(workers.stdout)["workers"]
+    assert len(listed_workers) == 2
+    assert all(w.get("instanceId") or w.get("instance_id") for w in listed_workers)
     # A CuvisAIService call by grpcurl, routed to a worker.
     call = procs.grpcurl("-plaintext", gateway, "cuvis_ai.v1.CuvisAIService/ListAvailablePipelines")
     assert call.returncode == 0 and "standin-" in call.stdout
