@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy, WorkerInfo
+from cuvis_cluster.wire.status import status_for
 
 
 def w(
@@ -38,14 +39,14 @@ def test_draining_and_full_workers_are_skipped():
 def test_no_capacity_is_resource_exhausted_with_a_reason():
     with pytest.raises(NoWorker) as info:
         PlacementPolicy().choose([w("1", 4, capacity=4), w("2", draining=True)])
-    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "1 at their session limit, 1 draining" in info.value.message
+    assert status_for(info.value.error)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1 at their session limit, 1 draining" in str(info.value)
 
 
 def test_no_workers_is_unavailable():
     with pytest.raises(NoWorker) as info:
         PlacementPolicy().choose([])
-    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert status_for(info.value.error)[0] == grpc.StatusCode.UNAVAILABLE
 
 
 def test_the_policy_is_replaceable():

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
+from cuvis_cluster import errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +31,12 @@ class WorkerInfo:
 
 
 class NoWorker(Exception):
-    """Placement failed; ``code`` and ``reason`` (a metrics label) say why."""
+    """Placement failed; ``error`` (a domain error) and ``reason`` (a metrics label) say why."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(self, kind: type[errors.CuvisError], reason: str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.error = kind(message)
         self.reason = reason
-        self.message = message
 
 
 class PlacementPolicy:
@@ -55,15 +54,13 @@ class PlacementPolicy:
 
     def choose(self, workers: Sequence[WorkerInfo]) -> WorkerInfo:
         if not workers:
-            raise NoWorker(
-                grpc.StatusCode.UNAVAILABLE, "no_workers", "no worker is registered with the cluster"
-            )
+            raise NoWorker(errors.Unavailable, "no_workers", "no worker is registered with the cluster")
         pool = self.candidates(workers)
         if not pool:
             draining = sum(1 for w in workers if w.draining)
             full = len(workers) - draining
             raise NoWorker(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                errors.ResourceExhausted,
                 "no_capacity",
                 f"no worker can take a new session: {full} at their session limit, {draining} draining "
                 f"(of {len(workers)} workers); close idle sessions or add workers",

@@ -29,9 +29,11 @@ from typing import Any
 
 import grpc
 
+from cuvis_cluster import errors
 from cuvis_cluster.gateway import grpcwire
 from cuvis_cluster.gateway.h2link import CANCEL, NO_ERROR, REFUSED_STREAM, Leg, Link, SlabPool
 from cuvis_cluster.gateway.scan import FieldScanner, ScanError, message_too_large
+from cuvis_cluster.wire.status import status_for
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,6 @@ _RST_STATUS = {
     REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
     CANCEL: grpc.StatusCode.CANCELLED,
 }
-
-
-class GatewayError(Exception):
-    """A status the gateway answers with itself."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +67,7 @@ class Plan:
     field_name: str = "session_id"
     resolve: Callable[[Call, str], Route | Awaitable[Route]] | None = None
     route: Route | None = None  # decided from the headers alone
-    error: GatewayError | None = None
+    error: errors.CuvisError | None = None
     after: Callable[[Call, int, str], None] | None = None  # sees the final status
     max_message: int = 0  # largest request message accepted (0: no limit)
 
@@ -141,7 +134,7 @@ class Upstreams:
                 )
             _transport, link = await asyncio.wait_for(coro, CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as exc:
-            raise GatewayError(UNAVAILABLE, f"cannot connect to worker {address}: {_reason(exc)}") from None
+            raise errors.Unavailable(f"cannot connect to worker {address}: {_reason(exc)}") from None
         link.extra["address"] = address
         self._links.setdefault(address, []).append(link)
         return link
@@ -253,8 +246,8 @@ class Call:
     def leg_started(self, leg: Leg, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         try:
             self._head(headers)
-        except GatewayError as exc:
-            self.fail(exc.code, exc.message)
+        except errors.CuvisError as exc:
+            self.fail_error(exc)
             return
         if ended:
             self.leg_end(leg)
@@ -271,13 +264,13 @@ class Call:
             elif k == b"grpc-timeout":
                 timeout = grpcwire.parse_timeout(v)
                 if timeout is None:
-                    raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed grpc-timeout {v!r}")
+                    raise errors.InvalidArgument(f"malformed grpc-timeout {v!r}")
                 self.deadline = time.monotonic() + timeout
                 self.deadline_handle = asyncio.get_running_loop().call_later(timeout, self._deadline_hit)
         if method != b"POST" or path is None:
-            raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, "only gRPC (POST) requests are served")
+            raise errors.Unimplemented("only gRPC (POST) requests are served")
         if ctype is None or not ctype.startswith(b"application/grpc"):
-            raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, f"unsupported content-type {ctype!r}")
+            raise errors.Unimplemented(f"unsupported content-type {ctype!r}")
         self.path = path
         plan = self.fe.router.plan(self)
         self.plan = plan
@@ -299,7 +292,7 @@ class Call:
                     max_message=plan.max_message,
                 )
             except ScanError as exc:
-                raise GatewayError(exc.code, str(exc)) from None
+                raise exc.error from None
         else:
             self._resolve("")
 
@@ -317,7 +310,7 @@ class Call:
             try:
                 scanner.feed(mv)
             except ScanError as exc:
-                self.fail(exc.code, str(exc))
+                self.fail_error(exc.error)
                 return
             if deciding:
                 # Until routed, let the client keep sending: the field may come late in the message.
@@ -357,7 +350,7 @@ class Call:
             try:
                 self.scanner.finish()
             except ScanError as exc:
-                self.fail(exc.code, str(exc))
+                self.fail_error(exc.error)
                 return
         if self.up is not None:
             self.up.send_end()
@@ -443,7 +436,7 @@ class Call:
         try:
             value = self.scanner.value
         except ScanError as exc:
-            self.fail(exc.code, str(exc))
+            self.fail_error(exc.error)
             return
         self._resolve(value)
 
@@ -453,8 +446,8 @@ class Call:
         assert plan is not None and plan.resolve is not None
         try:
             result = plan.resolve(self, value)
-        except GatewayError as exc:
-            self.fail(exc.code, exc.message)
+        except errors.CuvisError as exc:
+            self.fail_error(exc)
             return
         if isinstance(result, Route):
             self._routed(result)
@@ -464,8 +457,8 @@ class Call:
     async def _resolve_async(self, pending: Awaitable[Route]) -> None:
         try:
             route = await pending
-        except GatewayError as exc:
-            self.fail(exc.code, exc.message)
+        except errors.CuvisError as exc:
+            self.fail_error(exc)
             return
         except asyncio.CancelledError:
             return
@@ -489,10 +482,10 @@ class Call:
     async def _connect_then_open(self, route: Route) -> None:
         try:
             link = await self.fe.upstreams.get(route.address)
-        except GatewayError as exc:
+        except errors.CuvisError as exc:
             if not route.local:
                 self.fe.router.upstream_lost(route, None)
-            self.fail(exc.code, exc.message)
+            self.fail_error(exc)
             return
         except asyncio.CancelledError:
             return
@@ -572,6 +565,11 @@ class Call:
         self.deadline_handle = None
         if not self.closed:
             self.fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded (enforced by the gateway)")
+
+    def fail_error(self, exc: BaseException, *, reset_up: bool = True) -> None:
+        """End the call with the status that the shared error table assigns to ``exc``."""
+        code, message = status_for(exc)
+        self.fail(code, message, reset_up=reset_up)
 
     def fail(self, code: grpc.StatusCode, message: str, *, reset_up: bool = True) -> None:
         """End the call with a status decided by the gateway."""

@@ -22,9 +22,10 @@ from typing import Any
 import grpc
 from redis.exceptions import RedisError
 
+from cuvis_cluster import errors
 from cuvis_cluster.gateway import redis_schema as rs
 from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy
-from cuvis_cluster.gateway.proxy import Call, GatewayError, Plan, Route, Router
+from cuvis_cluster.gateway.proxy import Call, Plan, Route, Router
 from cuvis_cluster.gateway.registry import Registry
 from cuvis_cluster.gateway.security import TokenFile, certificate_identity
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb
@@ -100,9 +101,9 @@ class CachedRoute:
     expires: float
 
 
-def _not_found(session: str) -> GatewayError:
+def _not_found(session: str) -> errors.NotFound:
     # The worker's own wording, so that an unknown session and another identity's look the same.
-    return GatewayError(grpc.StatusCode.NOT_FOUND, f"Session {session} not found")
+    return errors.NotFound(f"Session {session} not found")
 
 
 class SessionRouter(Router):
@@ -157,16 +158,15 @@ class SessionRouter(Router):
         if auth is not None:
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or self.tokens is None:
-                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "unsupported authorization header")
+                raise errors.Unauthenticated("unsupported authorization header")
             identity = self.tokens.identity(token.strip())
             if identity is None:
-                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+                raise errors.Unauthenticated("unknown bearer token")
             return identity
         identity = certificate_identity(call.down.link.peer_cert)
         if identity:
             return identity
-        raise GatewayError(
-            grpc.StatusCode.UNAUTHENTICATED,
+        raise errors.Unauthenticated(
             "this gateway identifies callers: send 'authorization: Bearer <token>' or a client certificate",
         )
 
@@ -182,27 +182,23 @@ class SessionRouter(Router):
                 if not path.startswith(self.open_paths):
                     try:
                         call.identity = self.identify(call)
-                    except GatewayError as exc:
+                    except errors.CuvisError as exc:
                         return Plan(method=name, error=exc)
                 return Plan(method=name, route=self.local_route)
             if path.startswith(f"/{SERVICE_NAME}/".encode()):
-                err = GatewayError(
-                    grpc.StatusCode.UNIMPLEMENTED, f"method {path.decode('ascii', 'replace')} is not served"
-                )
+                err = errors.Unimplemented(f"method {path.decode('ascii', 'replace')} is not served")
             else:
-                err = GatewayError(
-                    grpc.StatusCode.UNIMPLEMENTED, f"unknown service in {path.decode('ascii', 'replace')}"
-                )
+                err = errors.Unimplemented(f"unknown service in {path.decode('ascii', 'replace')}")
             return Plan(method="unknown", error=err)
         method = info.label
         try:
             call.identity = self.identify(call)
-        except GatewayError as exc:
+        except errors.CuvisError as exc:
             return Plan(method=method, error=exc)
         if not self.registry.redis_up:
             return Plan(
                 method=method,
-                error=GatewayError(grpc.StatusCode.UNAVAILABLE, self.registry.unavailable_message()),
+                error=errors.Unavailable(self.registry.unavailable_message()),
             )
         kind = info.kind
         limit = self.max_message
@@ -222,7 +218,7 @@ class SessionRouter(Router):
         workers = self.registry.live()
         active = [w for w in workers if not w.draining] or list(workers)
         if not active:
-            raise GatewayError(grpc.StatusCode.UNAVAILABLE, "no worker is registered with the cluster")
+            raise errors.Unavailable("no worker is registered with the cluster")
         w = active[next(self._rr) % len(active)]
         return Route(w.address, w.instance)
 
@@ -232,7 +228,7 @@ class SessionRouter(Router):
         except NoWorker as exc:
             if self.metrics is not None:
                 self.metrics.placement_failures.labels(exc.reason).inc()
-            raise GatewayError(exc.code, exc.message) from None
+            raise exc.error from None
         self.registry.placed(w.instance)
         headers = ((OWNER_HEADER, call.identity.encode()),) if call.identity else ()
         return Route(w.address, w.instance, headers)
@@ -244,7 +240,7 @@ class SessionRouter(Router):
         if not session:
             if info.kind is Kind.SESSION_OR_ANY:
                 return self._any_worker()
-            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
+            raise errors.InvalidArgument("session_id is required")
         call.session = session
         cached = self._cache.get(session)
         if cached is not None and cached.expires > time.monotonic():
@@ -258,7 +254,7 @@ class SessionRouter(Router):
             raise _not_found(session)
         if instance in self.registry.lost:
             address, reason = self.registry.lost[instance]
-            raise GatewayError(grpc.StatusCode.NOT_FOUND, f"Session {session} not found: {reason}")
+            raise errors.NotFound(f"Session {session} not found: {reason}")
         headers: tuple[tuple[bytes, bytes], ...] = ((INSTANCE_HEADER, instance.encode()),)
         if call.identity:
             headers += ((OWNER_HEADER, call.identity.encode()),)
@@ -274,7 +270,7 @@ class SessionRouter(Router):
                 pipe.hgetall(rs.lost_route_key(session))
                 route_raw, lost_raw = await registry.call("lookup", pipe.execute())
             except (RedisError, OSError):
-                raise GatewayError(grpc.StatusCode.UNAVAILABLE, registry.unavailable_message()) from None
+                raise errors.Unavailable(registry.unavailable_message()) from None
             route = rs.decode_hash(_flatten(route_raw))
             if route:
                 if self._m_redis is not None:
@@ -292,8 +288,7 @@ class SessionRouter(Router):
                     self._m_miss.inc()
                 if lost.get("owner", "") != call.identity:
                     raise _not_found(session)
-                raise GatewayError(
-                    grpc.StatusCode.NOT_FOUND,
+                raise errors.NotFound(
                     f"Session {session} not found: {lost.get('reason', 'its worker was lost')}",
                 )
             # Nothing known. Right after Redis lost its data the workers are still re-announcing.

@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import zlib
 
-import grpc
+from cuvis_cluster import errors
 
 _TAG, _VARINT, _LEN, _SKIP, _CAPTURE = range(5)
 
 
 class ScanError(Exception):
-    """The request cannot be routed as sent; ``code`` is the status to answer with."""
+    """The request cannot be routed as sent; ``error`` is the domain error to answer with."""
 
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+    def __init__(self, message: str, kind: type[errors.CuvisError] = errors.InvalidArgument) -> None:
         super().__init__(message)
-        self.code = code
+        self.error = kind(message)
 
 
 def message_too_large(size: int, limit: int) -> str:
@@ -153,7 +153,7 @@ class FieldScanner:
         if self.encoding not in ("identity", "gzip", "deflate"):
             raise ScanError(
                 f"request compression {encoding!r} is not supported by the gateway (use gzip or deflate)",
-                grpc.StatusCode.UNIMPLEMENTED,
+                errors.Unimplemented,
             )
         self.field_name = field_name
         self._walker = _ProtoWalker(number, max_value, field_name)
@@ -212,9 +212,7 @@ class FieldScanner:
         flag = self._prefix[0]
         self._msg_left = int.from_bytes(self._prefix[1:5], "big")
         if self.max_message and self._msg_left > self.max_message:
-            raise ScanError(
-                message_too_large(self._msg_left, self.max_message), grpc.StatusCode.RESOURCE_EXHAUSTED
-            )
+            raise ScanError(message_too_large(self._msg_left, self.max_message), errors.ResourceExhausted)
         if flag not in (0, 1):
             raise ScanError(f"malformed gRPC message prefix (flag {flag})")
         if flag == 1:

@@ -37,7 +37,9 @@ import redis
 import cuvis_cluster
 from cuvis_cluster.common.settings import WorkerSettings
 from cuvis_cluster.common.telemetry import WorkerMetrics
+from cuvis_cluster.errors import NotFound
 from cuvis_cluster.gateway import redis_schema as rs
+from cuvis_cluster.wire.status import abort_with
 
 log = logging.getLogger(__name__)
 
@@ -333,10 +335,10 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, expected: str) -> grpc.Rpc
         )
 
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.NOT_FOUND, message(request))
+        abort_with(context, NotFound(message(request)))
 
     def streaming(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.NOT_FOUND, message(request))
+        abort_with(context, NotFound(message(request)))
         yield  # pragma: no cover - abort raises
 
     kwargs = {

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from cuvis_cluster.common.telemetry import WorkerMetrics
-from cuvis_cluster.errors import CuvisError, InvalidArgument
+from cuvis_cluster.errors import Cancelled, CuvisError, InvalidArgument
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb, pb_grpc
 from cuvis_cluster.wire.status import abort_with, status_for
 from cuvis_cluster.worker import fastpath, messages
@@ -226,7 +226,7 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
                     error = run.error or CuvisError(event.message or "training failed")
                     abort_with(context, error, method="Train")
                 elif event.status == "cancelled":
-                    context.abort(grpc.StatusCode.CANCELLED, event.message or "training was cancelled")
+                    abort_with(context, Cancelled(event.message or "training was cancelled"), method="Train")
                 return
             # The engine promises a terminal event; a run that just stops is a bug, reported as such.
             finished.set()
