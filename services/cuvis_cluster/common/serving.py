@@ -493,12 +493,15 @@ class GrpcServer:
         grace: float,
         *,
         before_stop: Iterable[Callable[[], Any]] = (),
+        before_cancel: Iterable[Callable[[], Any]] = (),
         hurry: threading.Event | None = None,
     ) -> None:
         """Graceful stop: health NOT_SERVING, run ``before_stop`` hooks, then let running calls finish.
 
         New calls are refused once the server stops; running calls and streams get ``grace`` seconds,
-        after which grpc cancels them. ``hurry`` (set by a second signal) cuts the wait short.
+        after which grpc cancels them. Shortly before that, ``before_cancel`` hooks run so that long
+        streams (Train) can end on their own terms, with a final message, instead of being cut off.
+        ``hurry`` (set by a second signal) cuts the wait short.
         """
         if self._stopped.is_set():
             return
@@ -511,9 +514,19 @@ class GrpcServer:
         if not self._started:
             self._stopped.set()
             return
+        started = time.monotonic()
         done = self.server.stop(grace)
-        deadline = time.monotonic() + grace + 5.0
+        deadline = started + grace + 5.0
+        cancel_at = started + max(0.0, grace - min(2.0, grace / 4))
+        pending_cancel = list(before_cancel)
         while not done.wait(0.2):
+            if pending_cancel and time.monotonic() >= cancel_at:
+                for hook in pending_cancel:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("shutdown hook %r failed", hook)
+                pending_cancel = []
             if hurry is not None and hurry.is_set():
                 self.server.stop(0).wait(5.0)
                 break

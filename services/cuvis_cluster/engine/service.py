@@ -170,6 +170,13 @@ class Engine:
     def start(self) -> None:
         self.sessions.start()
 
+    def cancel_all_training(self, reason: str) -> int:
+        """Cancel every running train run (worker shutdown); returns how many were running."""
+        runs = [s.train_run for s in self.sessions.list() if s.train_run is not None and not s.train_run.done]
+        for run in runs:
+            run.cancel(reason)
+        return len(runs)
+
     def shutdown(self) -> None:
         self.sessions.set_draining(True)
         self.sessions.stop()

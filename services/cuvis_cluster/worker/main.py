@@ -231,7 +231,13 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
         if membership is not None:
             membership.drain(settings.grace_seconds)
 
-    server.shutdown(settings.grace_seconds, before_stop=[drain], hurry=shutdown.hurry)
+    def end_training() -> None:
+        if count := engine.cancel_all_training("the worker is shutting down"):
+            log.info("cancelled %d training run(s) before the end of the grace period", count)
+
+    server.shutdown(
+        settings.grace_seconds, before_stop=[drain], before_cancel=[end_training], hurry=shutdown.hurry
+    )
     if membership is not None:
         try:
             membership.stop()  # deregister
