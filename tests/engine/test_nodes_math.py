@@ -530,3 +530,36 @@ def test_average_precision_agrees_with_torchmetrics_on_probabilities() -> None:
     labels = torch.rand(500) < 0.1
     expected = tm.binary_average_precision(probs, labels.long())
     assert float(average_precision(probs, labels)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_deep_svdd_projection_is_bias_free_and_old_biased_weights_need_bias_true():
+    from cuvis_cluster.engine.nodes.deep_svdd import DeepSVDDProjection
+
+    plain = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4)
+    assert not any(name.endswith("bias") for name, _ in plain.named_parameters())
+    x = torch.randn(1, 2, 2, 5)
+    assert torch.allclose(plain(data=x)["embeddings"] * 2, plain(data=2 * x)["embeddings"], atol=1e-5)
+
+    old = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4, bias=True)  # earlier versions' layout
+    with pytest.raises(RuntimeError, match=r"net\.0\.bias"):
+        plain.load_state_dict(old.state_dict())
+    plain.load_state_dict(old.state_dict(), strict=False)  # drops the bias, keeps the weights
+    assert torch.equal(plain.net[0].weight, old.net[0].weight)
+    again = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4, bias=True)
+    again.load_state_dict(old.state_dict())
+    assert torch.equal(again(data=x)["embeddings"], old(data=x)["embeddings"])
+
+
+def test_deep_svdd_loss_leaves_masked_anomalous_pixels_out():
+    from cuvis_cluster.engine.nodes.deep_svdd import DeepSVDDSoftBoundaryLoss
+
+    loss = DeepSVDDSoftBoundaryLoss(nu=0.5)
+    z = torch.zeros(1, 1, 2, 2)
+    z[0, 0, 1] = 10.0  # one far pixel
+    c = torch.zeros(2)
+    mask = torch.tensor([[[[False], [True]]]])
+    with torch.no_grad():
+        far = loss(embeddings=z, center=c)["loss"]
+        masked = loss(embeddings=z, center=c, mask=mask)["loss"]
+    assert masked < far
+    assert torch.allclose(masked, loss.radius() ** 2)  # the remaining pixel sits on the centre

@@ -9,6 +9,7 @@ import zlib
 import grpc
 import pytest
 import redis
+from conftest import list_workers, start_gateway, start_standin, wait_workers
 from helpers import procs
 
 from cuvis_cluster.gateway import redis_schema as rs
@@ -201,8 +202,6 @@ def test_worker_status_details_and_metadata_pass_through(cluster):
 def test_placement_reports_resource_exhausted(tmp_path):
     redis_server = procs.start_redis(tmp_path)
     url = f"redis://{redis_server.address}/0"
-    from conftest import start_gateway, start_standin, wait_workers
-
     worker = start_standin(tmp_path, url, "full", "--max-sessions", "1")
     gateway = start_gateway(tmp_path, url, "gw")
     try:
@@ -210,7 +209,7 @@ def test_placement_reports_resource_exhausted(tmp_path):
         a = stub_of(gateway)
         a.CreateSession(pb.CreateSessionRequest())
         procs.wait_for(
-            lambda: __import__("conftest").list_workers(gateway.address)[0].sessions == 1,
+            lambda: list_workers(gateway.address)[0].sessions == 1,
             timeout=10,
             what="session count in the registry",
         )
@@ -221,7 +220,7 @@ def test_placement_reports_resource_exhausted(tmp_path):
         worker.stop()
         with pytest.raises(grpc.RpcError) as info:
             procs.wait_for(
-                lambda: not __import__("conftest").list_workers(gateway.address),
+                lambda: not list_workers(gateway.address),
                 timeout=15,
                 what="no workers",
             )
@@ -234,8 +233,6 @@ def test_placement_reports_resource_exhausted(tmp_path):
 
 
 def test_message_size_limit(cluster):
-    from conftest import start_gateway, wait_workers
-
     gateway = start_gateway(cluster.workdir, cluster.redis_url, "gwSmall", "--max-message-bytes", "2000")
     try:
         wait_workers(gateway.address, 2)

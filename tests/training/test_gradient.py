@@ -96,8 +96,12 @@ def test_channel_selector_two_phase_streams_progress_and_beats_untrained(stub, s
     assert latest.status == pb.TRAIN_STATUS_COMPLETE and latest.context.epoch == 3
 
 
-def test_deep_svdd_loss_decreases_and_beats_untrained_on_its_objective(stub, session):
-    trainrun = prepared(stub, session, "deep_svdd", ["training.trainer.max_epochs=4"])
+def test_deep_svdd_loss_decreases_and_beats_untrained_on_the_test_split(stub, session):
+    # The untrained model is the statistically initialised one: z-score and centre fitted, projection at
+    # its random init. On these frames its pixel ranking is already (near) perfect (AP and ROC-AUC ~1.0),
+    # so what gradient training can add is separation: the normal pixels pulled tight around the centre,
+    # the anomalies (brown lentils, stones) left far outside. That is asserted; AP and AUC must not drop.
+    trainrun = prepared(stub, session, "deep_svdd", ["training.trainer.max_epochs=6"])
     untrained_quality = split_quality(stub, session, "scores.scores")
     # Evaluate the untrained model: a gradient run with no train batch only runs the post-fit evaluation.
     no_fit = {
@@ -116,13 +120,13 @@ def test_deep_svdd_loss_decreases_and_beats_untrained_on_its_objective(stub, ses
     epoch_ends = hooks(events, pb.TRAIN_HOOK_EPOCH_END)
     losses = [e.losses["train_loss"] for e in epoch_ends]
     print(f"\ndeep_svdd train loss per epoch: {[round(v, 4) for v in losses]}")
-    assert len(losses) == 4 and all(b < a for a, b in itertools.pairwise(losses))
+    assert len(losses) == 6 and all(b < a for a, b in itertools.pairwise(losses))
     val_end = hooks(events, pb.TRAIN_HOOK_VALIDATION_END)
-    assert len(val_end) == 4 and all("metrics_anomaly/iou" in e.metrics for e in val_end)
+    assert len(val_end) == 6 and all("metrics_anomaly/iou" in e.metrics for e in val_end)
     assert all("lr-Adam" in e.metrics for e in epoch_ends)  # the learning_rate_monitor callback
 
-    restored = hooks(events, pb.TRAIN_HOOK_CHECKPOINT_RESTORED)  # checkpoint on metrics_anomaly/iou (max)
-    assert len(restored) == 1 and restored[0].event.checkpoint.monitor == "metrics_anomaly/iou"
+    restored = hooks(events, pb.TRAIN_HOOK_CHECKPOINT_RESTORED)  # checkpoint on val_loss (min)
+    assert len(restored) == 1 and restored[0].event.checkpoint.monitor == "val_loss"
     assert restored[0].event.checkpoint.restored and restored[0].event.checkpoint.path.endswith(".ckpt")
 
     trained = {
@@ -132,11 +136,14 @@ def test_deep_svdd_loss_decreases_and_beats_untrained_on_its_objective(stub, ses
     after = trained[pb.EXECUTION_STAGE_TEST].metrics["test_loss"]
     quality = split_quality(stub, session, "scores.scores")
     print(f"deep_svdd test split soft-boundary loss untrained {before:.4f} -> trained {after:.4f}")
-    print(f"deep_svdd test split AP  untrained {untrained_quality['ap']:.4f} -> trained {quality['ap']:.4f}")
-    print(
-        f"deep_svdd test split IoU untrained {untrained_quality['iou']:.4f} -> trained {quality['iou']:.4f}"
-    )
+    for key in ("ap", "auc", "separation", "iou"):
+        was, now = untrained_quality[key], quality[key]
+        print(f"deep_svdd test split {key:<10} untrained {was:.4f} -> trained {now:.4f}")
     assert after < before
+    # ln(median anomaly score / p99 normal score): +1.3 to +1.7 over training seeds 0-2 at these settings.
+    assert quality["separation"] > untrained_quality["separation"] + 0.5
+    assert quality["ap"] >= untrained_quality["ap"] - 0.01
+    assert quality["auc"] >= untrained_quality["auc"] - 0.001
 
 
 def _error_status(stub, session_id: str) -> tuple[list, grpc.RpcError]:

@@ -114,6 +114,25 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Pixel ROC-AUC (Mann-Whitney U over average ranks, so ties count a half)."""
+    s = scores.reshape(-1).astype(np.float64)
+    t = targets.reshape(-1).astype(bool)
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # tied scores share their mean rank
+    ranks = first[inverse] + (counts[inverse] + 1) / 2.0
+    n1, n0 = int(t.sum()), int((~t).sum())
+    return float((ranks[t].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def separation(scores: np.ndarray, targets: np.ndarray) -> float:
+    """ln(median anomaly score / 99th-percentile normal score): how far the anomalies stand out above the
+    bulk of the normal pixels (> 0: the typical anomaly scores above 99 % of the normal pixels)."""
+    s = scores.reshape(-1).astype(np.float64)
+    t = targets.reshape(-1).astype(bool)
+    return float(np.log(np.median(s[t]) / np.quantile(s[~t], 0.99)))
+
+
 def iou(decisions: np.ndarray, targets: np.ndarray) -> float:
     d, t = decisions.reshape(-1).astype(bool), targets.reshape(-1).astype(bool)
     union = (d | t).sum()
@@ -121,11 +140,18 @@ def iou(decisions: np.ndarray, targets: np.ndarray) -> float:
 
 
 def split_quality(stub, session_id: str, score_output: str) -> dict[str, float]:
-    """AP of the scores and IoU of the decider on the test frames, computed here from Inference outputs."""
+    """AP, ROC-AUC and separation of the scores and IoU of the decider on the test frames (anomalies =
+    brown lentils and stones), computed here from Inference outputs."""
     frames = [frame(i) for i in TEST_IDS]
     out = infer(stub, session_id, frames, [score_output, "decider.decisions"])
     truth = np.stack([np.isin(f["mask"], (2, 3)) for f in frames])[..., None]
-    return {"ap": average_precision(out[score_output], truth), "iou": iou(out["decider.decisions"], truth)}
+    scores = out[score_output]
+    return {
+        "ap": average_precision(scores, truth),
+        "auc": roc_auc(scores, truth),
+        "separation": separation(scores, truth),
+        "iou": iou(out["decider.decisions"], truth),
+    }
 
 
 def hooks(events: list, hook: int) -> list:

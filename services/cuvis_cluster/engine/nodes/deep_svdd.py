@@ -36,12 +36,19 @@ EMBEDDINGS = ("B", "H", "W", "D")
 
 @register
 class DeepSVDDProjection(Node):
-    """Per-pixel MLP ``Linear(C, hidden) -> ReLU -> Linear(hidden, rep_dim, bias=False)``.
+    """Per-pixel MLP ``Linear(C, hidden, bias=bias) -> ReLU -> Linear(hidden, rep_dim, bias=False)``.
 
     ``kernel='rbf'`` first maps each spectrum to ``n_rff`` random Fourier features
     ``sqrt(2/n_rff)·cos(xW + b)`` with ``W ~ N(0, 2·gamma)`` and ``b ~ U(0, 2π)``, which approximate the RBF
     kernel ``exp(-gamma·‖x-y‖²)`` (gamma defaults to ``1/in_channels``). ``W`` and ``b`` are fixed buffers
-    saved with the weights. The final layer has no bias, as Deep SVDD requires to avoid the trivial solution.
+    saved with the weights.
+
+    Deep SVDD needs a network without bias terms: with a bias the optimiser can zero the weights and map
+    every input onto the centre (the trivial "hypersphere collapse", loss 0, no detection). So the hidden
+    layer has no bias by default (``bias=False``) and the output layer never has one. ``bias=True`` keeps
+    the hidden-layer bias of earlier versions: their weights carry ``net.0.bias`` and load strictly only
+    into a projection built with ``bias: true`` (a strict load into a bias-free one is refused with
+    "unexpected key ... net.0.bias"; a non-strict load drops the bias).
 
     Bounds (refused at build time beyond them): ``in_channels <= 4096``, ``hidden <= 8192``,
     ``rep_dim <= 8192``, ``n_rff <= 65536``.
@@ -62,7 +69,10 @@ class DeepSVDDProjection(Node):
         n_rff: int = 2048,
         gamma: float | None = None,
         mlp_forward_batch_size: int | None = None,
+        bias: bool = False,
     ) -> None:
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a boolean, got {bias!r}")
         c = int_param(in_channels, "in_channels", minimum=1, maximum=MAX_CHANNELS)
         d = int_param(rep_dim, "rep_dim", minimum=1, maximum=MAX_HIDDEN)
         h = int_param(hidden, "hidden", minimum=1, maximum=MAX_HIDDEN)
@@ -76,7 +86,14 @@ class DeepSVDDProjection(Node):
             else int_param(mlp_forward_batch_size, "mlp_forward_batch_size", 1)
         )
         super().__init__(
-            in_channels=c, rep_dim=d, hidden=h, kernel=kernel, n_rff=r, gamma=g, mlp_forward_batch_size=chunk
+            in_channels=c,
+            rep_dim=d,
+            hidden=h,
+            kernel=kernel,
+            n_rff=r,
+            gamma=g,
+            mlp_forward_batch_size=chunk,
+            bias=bias,
         )
         self.in_channels, self.rep_dim, self.kernel, self.chunk = c, d, kernel, chunk
         features = c
@@ -85,7 +102,7 @@ class DeepSVDDProjection(Node):
             self.register_buffer("rff_weight", torch.randn(c, r) * math.sqrt(2.0 * g_eff))
             self.register_buffer("rff_bias", torch.rand(r) * (2.0 * math.pi))
             features = r
-        self.net = nn.Sequential(nn.Linear(features, h), nn.ReLU(), nn.Linear(h, d, bias=False))
+        self.net = nn.Sequential(nn.Linear(features, h, bias=bias), nn.ReLU(), nn.Linear(h, d, bias=False))
 
     def input_ports(self) -> dict[str, Port]:
         return {"data": with_channels(self.INPUTS["data"], self.in_channels)}
@@ -200,9 +217,16 @@ class DeepSVDDSoftBoundaryLoss(Node):
     """Soft-boundary Deep SVDD objective ``weight · (R² + mean(relu(‖z-c‖² - R²)) / nu)``.
 
     The radius is ``R = softplus(r, beta=10)`` of the node's own learnable parameter ``r_unconstrained``.
+    Deep SVDD is a one-class method: it should see normal data only. When the optional ``mask`` input
+    (``True`` = known anomalous pixel, e.g. the input node's ``mask``) is connected, those pixels are left
+    out of the mean, so labelled anomalies in the training frames are not pulled into the sphere; a batch
+    with no normal pixel falls back to all pixels. Without ``mask`` every pixel counts.
     """
 
-    INPUTS: ClassVar[dict[str, Port]] = DeepSVDDScores.INPUTS
+    INPUTS: ClassVar[dict[str, Port]] = {
+        **DeepSVDDScores.INPUTS,
+        "mask": Port("bool", ("B", "H", "W", 1), optional=True, description="True = anomalous pixel"),
+    }
     OUTPUTS: ClassVar[dict[str, Port]] = {"loss": Port("float32", ())}
     CATEGORY = "loss"
     TAGS = ("anomaly", "training", "learnable")
@@ -222,5 +246,9 @@ class DeepSVDDSoftBoundaryLoss(Node):
     def forward(self, **inputs: Any) -> dict[str, Any]:
         _, dist = _distances(self, inputs)
         r2 = self.radius() ** 2
+        mask = inputs.get("mask")
+        if mask is not None:
+            keep = ~mask.to(torch.bool).reshape(dist.shape)
+            dist = dist[keep] if bool(keep.any()) else dist
         loss = r2 + torch.relu(dist - r2).mean() / self.nu
         return {"loss": self.weight * loss}
