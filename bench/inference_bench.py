@@ -4,17 +4,19 @@ Not a test: prints figures. One run, one worker process on loopback, interleaved
 
     .venv/bin/python bench/inference_bench.py [--reps 15] [--size 512] [--device cpu]
 
-What is measured (all times are wall-clock medians over the repetitions):
+What is measured (all times are wall-clock medians over the repetitions, taken round-robin in one run so
+that the machine's noise hits every variant alike):
 
-* ``bare``     the same pipeline (same config, same weights) called in this process:
-               ``pipeline(batch, Stage.INFERENCE)`` under ``torch.no_grad()`` on a ready torch tensor;
-* ``rpc``      the client-side Inference call as an SDK user makes it: encode the cube into an
-               ``InferenceRequest`` with the codec, call, decode the requested outputs;
-* ``rpc_wire`` the same call, the request serialised with one copy of the cube
-               (``fastpath.encode_inference_request``) instead of building a protobuf message;
-* ``floor``    the wire request of ``rpc_wire`` for an unknown session: transport, decoding and the
-               error reply, no pipeline; the protocol cost any Inference pays;
-* ``server``   the worker's own pipeline time (its ``cuvis_worker_inference_duration_seconds``).
+* ``bare``   the same pipeline (same config, same weights) called in this process:
+             ``pipeline(batch, Stage.INFERENCE)`` under ``torch.no_grad()`` on a ready torch tensor;
+* ``sdk``    ``Session.infer(cube, wavelengths, output_specs=...)`` of the client SDK, as a user calls it:
+             the request written with one copy of the cube (``wire.fastwire``), the reply's tensors
+             decoded as views on the received bytes;
+* ``pb``     the same call made the plain protobuf way: build an ``InferenceRequest`` with the codec,
+             call the generated stub, decode the outputs with ``codec.decode``;
+* ``floor``  the one-copy request of ``sdk`` for an unknown session: encoding, transport, the worker's
+             decoding and the error reply, no pipeline; the protocol cost any Inference pays;
+* ``server`` the worker's own pipeline time (its ``cuvis_worker_inference_duration_seconds``).
 
 The worker is trained statistically on the synthetic Lentils data (small frames) first; the bench
 checks that the RPC outputs equal the in-process outputs before timing anything.
@@ -41,12 +43,12 @@ import numpy as np
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cuvis_cluster.client import connect
 from cuvis_cluster.engine.data.synthetic import generate_frame
 from cuvis_cluster.engine.nodes.base import NodeRegistry, Stage
 from cuvis_cluster.engine.pipeline import Pipeline, read_weights
-from cuvis_cluster.wire import codec
+from cuvis_cluster.wire import codec, fastwire
 from cuvis_cluster.wire.pb import pb, pb_grpc
-from cuvis_cluster.worker import fastpath
 
 OUTPUTS = ["rx_detector.scores", "decider.decisions"]
 MAX_MESSAGE = 1 << 30
@@ -163,22 +165,22 @@ def run(address: str, metrics_port: int, args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         return out
 
-    def rpc() -> dict:
+    sdk_client = connect(address, timeout=60)
+    sdk_session = sdk_client.session(session)
+
+    def sdk() -> dict:
+        return dict(sdk_session.infer(cube, wavelengths, output_specs=OUTPUTS, timeout=120))
+
+    def protobuf() -> dict:
         request = pb.InferenceRequest(session_id=session, output_specs=OUTPUTS)
         request.inputs.cube.CopyFrom(codec.encode(cube))
         request.inputs.wavelengths.CopyFrom(codec.encode(wavelengths))
         reply = stub.Inference(request, timeout=120)
         return {name: codec.decode(t) for name, t in reply.outputs.items()}
 
-    def rpc_wire() -> dict:
-        data = fastpath.encode_inference_request(session, {"cube": cube, "wavelengths": wavelengths}, OUTPUTS)
-        reply = raw_inference(data, timeout=120)
-        return {name: codec.decode(t) for name, t in reply.outputs.items()}
-
     def floor() -> None:
-        data = fastpath.encode_inference_request(
-            "no-such-session", {"cube": cube, "wavelengths": wavelengths}
-        )
+        tensors = {"cube": cube, "wavelengths": wavelengths}
+        data = fastwire.encode_inference_request("no-such-session", tensors)
         try:
             raw_inference(data, timeout=120)
         except grpc.RpcError as exc:
@@ -186,32 +188,39 @@ def run(address: str, metrics_port: int, args: argparse.Namespace) -> None:
         else:
             raise AssertionError("an unknown session must be NOT_FOUND")
 
-    # Same numbers both ways (the server runs the same weights on the same bytes).
-    local, remote, wire = bare(), rpc(), rpc_wire()
+    # Same numbers every way (the server runs the same weights on the same bytes).
+    local, via_sdk, via_pb = bare(), sdk(), protobuf()
     for name in OUTPUTS:
         expected = local[name].cpu().numpy()
-        assert np.array_equal(expected, remote[name]) and np.array_equal(expected, wire[name]), name
+        assert np.array_equal(expected, via_sdk[name]) and np.array_equal(expected, via_pb[name]), name
 
-    timings: dict[str, list[float]] = {"bare": [], "rpc": [], "rpc_wire": [], "floor": []}
+    variants = (("bare", bare), ("sdk", sdk), ("pb", protobuf), ("floor", floor))
+    timings: dict[str, list[float]] = {name: [] for name, _ in variants}
     server: list[float] = []
-    for _ in range(args.reps):
-        for name, fn in (("bare", bare), ("rpc", rpc), ("rpc_wire", rpc_wire), ("floor", floor)):
-            before = server_inference_seconds(metrics_port)[0] if name == "rpc" else 0.0
-            time.sleep(0.2)  # let the other process settle (2 cores are shared by client and worker)
+    for rep in range(args.reps):
+        # Rotate the starting variant so that none always runs first (or after the same neighbour).
+        for name, fn in variants[rep % len(variants) :] + variants[: rep % len(variants)]:
+            before = server_inference_seconds(metrics_port)[0] if name == "sdk" else 0.0
+            time.sleep(0.2)  # let the other process settle (client and worker share the cores)
             started = time.perf_counter()
             fn()
             timings[name].append(time.perf_counter() - started)
-            if name == "rpc":
+            if name == "sdk":
                 server.append(server_inference_seconds(metrics_port)[0] - before)
 
     med = {name: statistics.median(values) for name, values in timings.items()}
     med["server"] = statistics.median(server)
-    print(f"repetitions: {args.reps} (interleaved), medians in ms")
-    for name in ("bare", "server", "rpc", "rpc_wire", "floor"):
-        print(f"  {name:9s} {med[name] * 1000:8.1f}")
-    print(f"ratio rpc/bare      = {med['rpc'] / med['bare']:.2f}   (goal <= 1.5 on CPU)")
-    print(f"ratio rpc_wire/bare = {med['rpc_wire'] / med['bare']:.2f}")
-    print(f"ratio rpc/server    = {med['rpc'] / med['server']:.2f}   (against the worker's own forward time)")
+    print(f"repetitions: {args.reps} (interleaved, rotating order), medians in ms")
+    for name in ("bare", "server", "sdk", "pb", "floor"):
+        values = timings.get(name, server)
+        low, high = min(values) * 1000, max(values) * 1000
+        print(f"  {name:7s} {med[name] * 1000:8.1f}   (min {low:7.1f}, max {high:7.1f})")
+    print(f"ratio sdk/bare    = {med['sdk'] / med['bare']:.2f}   (goal <= 1.5 on CPU)")
+    print(f"ratio pb/bare     = {med['pb'] / med['bare']:.2f}")
+    print(f"ratio floor/bare  = {med['floor'] / med['bare']:.2f}   (protocol cost alone, no pipeline)")
+    print(f"ratio sdk/pb      = {med['sdk'] / med['pb']:.2f}")
+    print(f"ratio sdk/server  = {med['sdk'] / med['server']:.2f}   (against the worker's own forward time)")
+    sdk_client.close()
     stub.CloseSession(pb.CloseSessionRequest(session_id=session))
     channel.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ import numpy as np
 
 from cuvis_cluster import errors
 from cuvis_cluster.client._errors import local_error
+from cuvis_cluster.wire import fastwire
 from cuvis_cluster.wire.codec import numpy_to_proto
 from cuvis_cluster.wire.pb import pb
 
@@ -47,6 +48,31 @@ class Frames:
         if text_prompt:
             batch.text_prompt = text_prompt
         return batch
+
+    def encode_request(
+        self,
+        session_id: str,
+        output_specs: Iterable[str] = (),
+        *,
+        text_prompt: str = "",
+        extra_inputs: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """The serialized ``InferenceRequest`` of these inputs, the same as ``InferenceRequest(session_id,
+        inputs=self.to_proto(...), output_specs).SerializeToString(deterministic=True)``, but copying each
+        array once instead of three times (see :mod:`cuvis_cluster.wire.fastwire`)."""
+        tensors: dict[str, Any] = {"cube": self.cube}
+        for name in ("wavelengths", "mask", "rgb_image"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        extra: dict[str, Any] = {}
+        for name, value in {**self.extra, **(extra_inputs or {})}.items():
+            if name in ("mesu_index", "frame_id"):
+                tensors[name] = value
+            else:
+                extra[name] = value
+        return fastwire.encode_inference_request(
+            session_id, tensors, output_specs, extra_inputs=extra, text_prompt=text_prompt
+        )
 
 
 def batched(cube: Any) -> np.ndarray:

@@ -38,6 +38,7 @@ from cuvis_cluster.client._client import (
     LONG_CALLS,
     TRAINERS,
     InferenceResult,
+    _InferenceStub,
     check_overrides,
     config_bytes,
     config_path,
@@ -107,6 +108,7 @@ class AsyncClient:
         self.channel = _aio_channel(config)
         self.stub = pb_grpc.CuvisAIServiceStub(self.channel)
         self._cluster_stub = control_pb2_grpc.ClusterStatusServiceStub(self.channel)
+        self._inference_stub = _InferenceStub(self.channel)  # one-copy request, zero-copy reply
         self._metadata = config.metadata() or None
 
     def _timeout(self, method: str, timeout: Any) -> float | None:
@@ -270,10 +272,10 @@ class AsyncSession:
         self, cube: Any = None, wavelengths: Any = None, *, file: str | Path | None = None, output_specs=()
     ) -> InferenceResult:
         frames = read_file(file) if file is not None else from_arrays(cube, wavelengths)
-        request = pb.InferenceRequest(
-            session_id=self.id, inputs=frames.to_proto(), output_specs=list(output_specs)
+        request = frames.encode_request(self.id, list(output_specs))
+        return InferenceResult(
+            await self.client._call("Inference", request, stub=self.client._inference_stub)
         )
-        return InferenceResult(await self.client._call("Inference", request))
 
     async def save_pipeline(self, path: str) -> pb.SavePipelineResponse:
         return await self.client._call(

@@ -114,8 +114,12 @@ def decode(tensor: pb.Tensor, *, field: str = "tensor") -> np.ndarray:
     return array.reshape(tuple(tensor.shape))
 
 
-def encode(array: Any, *, field: str = "tensor") -> pb.Tensor:
-    """Encode a numpy array, a torch tensor or anything ``np.asarray`` accepts."""
+def wire_array(array: Any, *, field: str = "tensor") -> tuple[int, np.ndarray]:
+    """The wire dtype code and a C-contiguous little-endian array for ``array`` (copied only if needed).
+
+    Accepts numpy arrays, torch tensors (moved to the CPU) and anything ``np.asarray`` accepts; raises
+    :class:`TensorError` for dtypes without a wire equivalent and payloads over the 2 GiB limit.
+    """
     if type(array).__module__.startswith("torch"):
         array = array.detach().to("cpu").numpy()
     array = np.asarray(array)
@@ -133,7 +137,15 @@ def encode(array: Any, *, field: str = "tensor") -> pb.Tensor:
         raise TensorError(
             f"{field}: {array.nbytes} bytes exceed the 2 GiB protobuf message limit", field=field
         )
-    return pb.Tensor(shape=array.shape, dtype=code, raw_data=np.ascontiguousarray(array).tobytes())
+    if not array.flags.c_contiguous:  # (ascontiguousarray would also turn a 0-d array into 1-d)
+        array = np.ascontiguousarray(array)
+    return code, array
+
+
+def encode(array: Any, *, field: str = "tensor") -> pb.Tensor:
+    """Encode a numpy array, a torch tensor or anything ``np.asarray`` accepts."""
+    code, array = wire_array(array, field=field)
+    return pb.Tensor(shape=array.shape, dtype=code, raw_data=array.tobytes())
 
 
 def to_torch(tensor: pb.Tensor, *, field: str = "tensor", device: Any = None) -> torch.Tensor:
