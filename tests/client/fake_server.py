@@ -168,6 +168,10 @@ class FakeService(pb_grpc.CuvisAIServiceServicer):
         steps = int(overrides.get("steps", 5))
         delay = float(overrides.get("delay", 0.0))
         fail_at = int(overrides.get("fail_at", -1))
+        # grpc stops pulling from this generator once the client cancels, so a check inside the loop
+        # could miss it; the termination callback sees every ending that was not a normal finish.
+        ended = {"normally": False}
+        context.add_callback(lambda: None if ended["normally"] else self.train_cancelled.set())
         self.train_started.set()
         for step in range(steps):
             if not context.is_active():
@@ -176,6 +180,7 @@ class FakeService(pb_grpc.CuvisAIServiceServicer):
             if step == fail_at:
                 reason = "loss_nodes: node 'bce' does not exist"
                 yield pb.TrainResponse(status=pb.TRAIN_STATUS_ERROR, message=f"training failed: {reason}")
+                ended["normally"] = True
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
             resp = pb.TrainResponse(
                 status=pb.TRAIN_STATUS_RUNNING,
@@ -196,6 +201,7 @@ class FakeService(pb_grpc.CuvisAIServiceServicer):
                 time.sleep(0.01)
         done = pb.TrainResponse(status=pb.TRAIN_STATUS_COMPLETE, message="Statistical training complete")
         session["last"] = done
+        ended["normally"] = True
         yield done
 
     def StopTrain(self, request, context):
