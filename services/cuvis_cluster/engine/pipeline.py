@@ -168,6 +168,18 @@ class Pipeline(nn.Module):
         assert isinstance(node, Node)
         return node
 
+    def _ports(self, where: str, node_name: str, port: str, kind: str) -> dict[str, Port]:
+        """The ``kind`` ("output" or "input") ports of a node, which must include ``port``."""
+        node = self._node(node_name)
+        ports = node.output_ports() if kind == "output" else node.input_ports()
+        if port not in ports:
+            raise InvalidArgument(
+                f"{where}: {_label(node)} has no {kind} port {port!r}; "
+                f"{kind}s: {', '.join(ports) or '(none)'}",
+                field=f"{node_name}.{port}",
+            )
+        return ports
+
     def _validate(self) -> None:
         names = list(self.nodes.keys())
         for index, (src, sport, dst, dport) in enumerate(self.connections):
@@ -178,20 +190,8 @@ class Pipeline(nn.Module):
                         f"{where}: unknown node {node_name!r} in the {side}; nodes: {', '.join(names)}",
                         field=f"connections.{index}.{side}",
                     )
-            outputs = self._node(src).output_ports()
-            if sport not in outputs:
-                raise InvalidArgument(
-                    f"{where}: {_label(self._node(src))} has no output port {sport!r}; "
-                    f"outputs: {', '.join(outputs) or '(none)'}",
-                    field=f"{src}.{sport}",
-                )
-            inputs = self._node(dst).input_ports()
-            if dport not in inputs:
-                raise InvalidArgument(
-                    f"{where}: {_label(self._node(dst))} has no input port {dport!r}; "
-                    f"inputs: {', '.join(inputs) or '(none)'}",
-                    field=f"{dst}.{dport}",
-                )
+            outputs = self._ports(where, src, sport, "output")
+            inputs = self._ports(where, dst, dport, "input")
             problem = outputs[sport].compatible_with(inputs[dport])
             if problem is not None:
                 raise InvalidArgument(

@@ -69,6 +69,16 @@ def _inside(real: Path, dirs: Iterable[Path]) -> bool:
     return any(real == d or real.is_relative_to(d) for d in dirs)
 
 
+def _path_text(path: str | None, field: str) -> str:
+    """A user-given path, stripped; InvalidArgument naming ``field`` when empty or containing NUL."""
+    text = (path or "").strip()
+    if not text:
+        raise InvalidArgument(f"{field}: a path is required", field=field)
+    if "\x00" in text:
+        raise InvalidArgument(f"{field}: contains a NUL byte", field=field)
+    return text
+
+
 def _parse_payload(payload: bytes | str | Mapping[str, Any] | None, field: str) -> dict[str, Any]:
     """JSON (or YAML) bytes / text / dict -> dict; InvalidArgument when empty or malformed."""
     if payload is None:
@@ -219,11 +229,7 @@ class Engine:
 
     def _output_file(self, path: str, field: str, suffixes: tuple[str, ...] = (".yaml", ".yml")) -> Path:
         """A writable path under output_dir for ``path`` (relative to it, or absolute inside it)."""
-        text = (path or "").strip()
-        if not text:
-            raise InvalidArgument(f"{field}: a path is required", field=field)
-        if "\x00" in text:
-            raise InvalidArgument(f"{field}: contains a NUL byte", field=field)
+        text = _path_text(path, field)
         p = Path(text).expanduser()
         if text.endswith(("/", os.sep)) or p.name in ("", ".", ".."):
             raise InvalidArgument(f"{field}: {text!r} does not name a file", field=field)
@@ -250,11 +256,7 @@ class Engine:
 
     def _find_file(self, text: str, bases: Iterable[Path], field: str, suffix: str) -> Path:
         """An existing file for ``text`` (relative: first base that has it), confined to the roots."""
-        text = (text or "").strip()
-        if not text:
-            raise InvalidArgument(f"{field}: a path is required", field=field)
-        if "\x00" in text:
-            raise InvalidArgument(f"{field}: contains a NUL byte", field=field)
+        text = _path_text(text, field)
         p = Path(text).expanduser()
         if not p.suffix:
             p = p.with_name(p.name + suffix)

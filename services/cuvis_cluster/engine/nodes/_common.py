@@ -139,6 +139,24 @@ class StreamingMoments:
         return var / max(self.count - ddof, 1)
 
 
+def pixel_moments(
+    node: Node,
+    batches: Iterable[Mapping[str, Any]],
+    port: str,
+    channels: int | None,
+    *,
+    full: bool = False,
+    minimum: int = 2,
+) -> StreamingMoments:
+    """Moments of the pixels of a BHWC input ``port`` over the fitting batches (at least ``minimum``)."""
+    moments = StreamingMoments(full=full)
+    for x in iter_port(node, batches, port):
+        x = check_bhwc(node, port, x, channels)
+        moments.update(flatten_pixels(x.detach()))
+    moments.require(node, minimum)
+    return moments
+
+
 def copy_into(node: Node, name: str, value: torch.Tensor) -> None:
     """Overwrite a buffer or parameter in place, keeping its dtype, device and kind."""
     target = getattr(node, name)

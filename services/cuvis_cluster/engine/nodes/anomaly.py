@@ -12,13 +12,12 @@ from ._common import (
     BHWC,
     MAX_CHANNELS,
     SCORE_SHAPE,
-    StreamingMoments,
     check_bhwc,
     copy_into,
     flatten_pixels,
     float_param,
     int_param,
-    iter_port,
+    pixel_moments,
     require_input,
     stat_dtype,
     with_channels,
@@ -100,11 +99,7 @@ class RXGlobal(Node):
         return {"data": with_channels(self.INPUTS["data"], self.num_channels)}
 
     def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
-        moments = StreamingMoments(full=True)
-        for x in iter_port(self, batches, "data"):
-            x = check_bhwc(self, "data", x, self.num_channels)
-            moments.update(flatten_pixels(x.detach()))
-        moments.require(self)
+        moments = pixel_moments(self, batches, "data", self.num_channels, full=True)
         assert moments.mean is not None
         cov = moments.covariance(ddof=1)
         cov = cov + self.eps * torch.eye(self.num_channels, dtype=cov.dtype, device=cov.device)

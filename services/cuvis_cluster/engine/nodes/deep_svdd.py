@@ -16,7 +16,6 @@ from ._common import (
     MAX_HIDDEN,
     MAX_RFF,
     SCORE_SHAPE,
-    StreamingMoments,
     bad_input,
     check_bhwc,
     check_rank,
@@ -24,7 +23,7 @@ from ._common import (
     flatten_pixels,
     float_param,
     int_param,
-    iter_port,
+    pixel_moments,
     require_input,
     with_channels,
 )
@@ -162,11 +161,7 @@ class DeepSVDDCenterTracker(Node):
         return ports
 
     def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
-        moments = StreamingMoments(full=False)
-        for z in iter_port(self, batches, "embeddings"):
-            z = check_bhwc(self, "embeddings", z, self.rep_dim)
-            moments.update(flatten_pixels(z.detach()))
-        moments.require(self, minimum=1)
+        moments = pixel_moments(self, batches, "embeddings", self.rep_dim, minimum=1)
         assert moments.mean is not None
         copy_into(self, "center", moments.mean)
         self.fitted = True

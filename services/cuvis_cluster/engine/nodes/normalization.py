@@ -12,14 +12,13 @@ from cuvis_cluster.errors import FailedPrecondition
 from ._common import (
     BHWC,
     MAX_CHANNELS,
-    StreamingMoments,
     check_bhwc,
     copy_into,
-    flatten_pixels,
     float_param,
     int_param,
     iter_port,
     node_label,
+    pixel_moments,
     require_input,
     with_channels,
 )
@@ -115,11 +114,7 @@ class ZScoreNormalizerGlobal(Node):
         return {"normalized": with_channels(self.OUTPUTS["normalized"], self.num_channels)}
 
     def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
-        moments = StreamingMoments(full=False)
-        for x in iter_port(self, batches, "data"):
-            x = check_bhwc(self, "data", x, self.num_channels)
-            moments.update(flatten_pixels(x.detach()))
-        moments.require(self)
+        moments = pixel_moments(self, batches, "data", self.num_channels)
         assert moments.mean is not None
         copy_into(self, "zscore_mean", moments.mean)
         copy_into(self, "zscore_std", moments.variance(ddof=1).sqrt())

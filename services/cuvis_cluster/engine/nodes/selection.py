@@ -10,13 +10,11 @@ import torch
 from ._common import (
     BHWC,
     MAX_CHANNELS,
-    StreamingMoments,
     check_bhwc,
     copy_into,
-    flatten_pixels,
     float_param,
     int_param,
-    iter_port,
+    pixel_moments,
     require_input,
     with_channels,
 )
@@ -107,11 +105,7 @@ class SoftChannelSelector(Node):
         if self.init_method != "variance":
             self.fitted = True
             return
-        moments = StreamingMoments(full=False)
-        for x in iter_port(self, batches, "data"):
-            x = check_bhwc(self, "data", x, self.input_channels)
-            moments.update(flatten_pixels(x.detach()))
-        moments.require(self)
+        moments = pixel_moments(self, batches, "data", self.input_channels)
         copy_into(self, "channel_logits", torch.log(moments.variance(ddof=1) + self.eps))
         self.fitted = True
 

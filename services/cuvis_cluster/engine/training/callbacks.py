@@ -293,12 +293,4 @@ class ProgressCallback(pl.Callback):
         )
 
     # -- test (Trainer.test is not used by the trainer itself, but keep cancellation there too) ---
-    def on_test_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._cancel_point(trainer)
+    on_test_batch_start = on_validation_batch_start

@@ -382,8 +382,8 @@ def evaluate_split(
     emit = emit or ctx.emit
     stage = Stage.VAL if split == "val" else Stage.TEST
     frames_total = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
-    if loader is None or frames_total == 0:
-        outcome = {"split": split, "status": "no_split", "frames": 0, "metrics": {}, "error": ""}
+
+    def _end(outcome: dict[str, Any], **extra: Any) -> dict[str, Any]:
         emit(
             ProgressEvent(
                 status="running",
@@ -393,10 +393,14 @@ def evaluate_split(
                 hook="evaluation_end",
                 split=split,
                 evaluation=outcome,
-                message=f"no {split} split to evaluate",
+                **extra,
             )
         )
         return outcome
+
+    if loader is None or frames_total == 0:
+        outcome = {"split": split, "status": "no_split", "frames": 0, "metrics": {}, "error": ""}
+        return _end(outcome, message=f"no {split} split to evaluate")
     emit(
         ProgressEvent(
             status="running",
@@ -445,37 +449,12 @@ def evaluate_split(
         raise
     except CuvisError as exc:
         outcome = {"split": split, "status": "failed", "frames": done, "metrics": {}, "error": exc.message}
-        emit(
-            ProgressEvent(
-                status="running",
-                stage=split,
-                epoch=epoch,
-                global_step=global_step,
-                hook="evaluation_end",
-                split=split,
-                evaluation=outcome,
-                message=exc.message,
-            )
-        )
-        return outcome
+        return _end(outcome, message=exc.message)
     finally:
         pipeline.train(was_training)
     metrics = _weighted_means(sums, weights)
     outcome = {"split": split, "status": "evaluated", "frames": done, "metrics": metrics, "error": ""}
-    emit(
-        ProgressEvent(
-            status="running",
-            stage=split,
-            epoch=epoch,
-            global_step=global_step,
-            hook="evaluation_end",
-            split=split,
-            evaluation=outcome,
-            metrics=metrics,
-            progress=(done, frames_total),
-        )
-    )
-    return outcome
+    return _end(outcome, metrics=metrics, progress=(done, frames_total))
 
 
 def _restore_best(

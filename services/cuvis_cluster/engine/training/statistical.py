@@ -93,36 +93,30 @@ def run_statistical(ctx: TrainContext) -> ProgressEvent | None:
     loader = dm.dataloader("train")
     counter = _Counter()
     pipeline.eval()
+
+    def node_event(name: str, hook: str, message: str, done: int) -> None:
+        ctx.emit(
+            ProgressEvent(
+                status="running",
+                stage="train",
+                global_step=counter.global_step,
+                message=message,
+                hook=hook,
+                split="train",
+                progress=(done, len(ids)),
+                node=name,
+            )
+        )
+
     for index, name in enumerate(names):
         ctx.check_cancelled()
         node = pipeline.node(name)
-        ctx.emit(
-            ProgressEvent(
-                status="running",
-                stage="train",
-                global_step=counter.global_step,
-                message=f"fitting {name} ({node.type_name}) [{index + 1}/{len(names)}]",
-                hook="statistical_node_start",
-                split="train",
-                progress=(0, len(ids)),
-                node=name,
-            )
-        )
+        label = f"{name} ({node.type_name})"
+        node_event(name, "statistical_node_start", f"fitting {label} [{index + 1}/{len(names)}]", 0)
         with torch.no_grad():
             node.fit(_NodeInputs(ctx, name, loader, len(ids), counter))
         node.fitted = True
-        ctx.emit(
-            ProgressEvent(
-                status="running",
-                stage="train",
-                global_step=counter.global_step,
-                message=f"fitted {name} ({node.type_name})",
-                hook="statistical_node_end",
-                split="train",
-                progress=(len(ids), len(ids)),
-                node=name,
-            )
-        )
+        node_event(name, "statistical_node_end", f"fitted {label}", len(ids))
     return ProgressEvent(
         status="complete",
         stage="train",
