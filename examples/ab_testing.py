@@ -23,7 +23,14 @@ VARIANTS = {"A: RX on all 61 bands": "rx_statistical", "B: RX on 3 selected band
 
 
 def run_variant(
-    client: Client, label: str, trainrun: str, args, frames, both_open: threading.Barrier, out: dict
+    client: Client,
+    label: str,
+    trainrun: str,
+    args,
+    frames,
+    both_open: threading.Barrier,
+    shown: threading.Event,
+    out: dict,
 ) -> None:
     started = time.monotonic()
     try:
@@ -38,6 +45,7 @@ def run_variant(
             aucs = [roc_auc(frame2d(scores, index=i), anomaly_truth(m)) for i, m in enumerate(frames["mask"])]
             seconds = time.monotonic() - started
             out[label].update(status=stream.status, auc=float(np.nanmean(aucs)), seconds=seconds)
+            shown.wait(60)  # keep the session until the main thread has shown where it lives
     except (errors.CuvisError, threading.BrokenBarrierError) as exc:
         out[label] = {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -48,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     frames = synthetic_frames([8, 9, 10, 11], args.size)
     results: dict[str, dict] = {}
     both_open = threading.Barrier(len(VARIANTS) + 1)
+    shown = threading.Event()
 
     with connected(args) as client:
         threads = [
-            threading.Thread(target=run_variant, args=(client, label, run, args, frames, both_open, results))
+            threading.Thread(
+                target=run_variant, args=(client, label, run, args, frames, both_open, shown, results)
+            )
             for label, run in VARIANTS.items()
         ]
         for thread in threads:
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             both_open.wait(60)
             workers = client.list_workers()
-            deadline = time.monotonic() + 6  # workers report their load with their heartbeat (every ~2 s)
+            deadline = time.monotonic() + 15  # workers report their load with their heartbeat (every ~2 s)
             while sum(w.sessions for w in workers) < len(VARIANTS) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 workers = client.list_workers()
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(VARIANTS)} sessions open; sessions per worker: {load}")
         except (errors.CuvisError, threading.BrokenBarrierError) as exc:
             print(f"placement not shown: {exc}")
+        finally:
+            shown.set()
         for thread in threads:
             thread.join(600)
 
