@@ -85,3 +85,50 @@ def test_cluster_up_without_redis_says_how_to_install_it(tmp_path):
     )
     assert done.returncode == 1
     assert "apt-get install" in done.stderr and "redis-server" in done.stderr
+
+
+def test_cluster_up_keeps_serving_when_a_worker_dies(tmp_path):
+    port = procs.free_port()
+    argv = [
+        str(procs.VENV_BIN / "cuvis-cluster"),
+        "up",
+        "--workers",
+        "2",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--worker-command",
+        shlex.join([sys.executable, str(STANDIN)]),
+        "--workdir",
+        str(tmp_path / "run"),
+    ]
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    gateway = f"127.0.0.1:{port}"
+    try:
+        procs.wait_for(lambda: "cuvis-cluster up: gateway on" in log.read_text(), timeout=120, what="up")
+        victim = list_workers(gateway)[0].address
+        found = subprocess.run(["pgrep", "-f", "--", f"--listen {victim}"], capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split()]
+        assert pids, f"no process listens on {victim}"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        procs.wait_for(
+            lambda: "the other workers keep serving" in log.read_text(), timeout=30, what="loss noticed"
+        )
+        assert proc.poll() is None, "cuvis-cluster up must outlive one of its workers"
+
+        stub = pb_grpc.CuvisAIServiceStub(grpc.insecure_channel(gateway))
+
+        def create() -> bool:
+            try:
+                stub.CreateSession(pb.CreateSessionRequest(), timeout=5)
+                return True
+            except grpc.RpcError:
+                return False
+
+        procs.wait_for(create, timeout=30, what="a session on the surviving worker")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        procs.kill_process_group(proc)

@@ -247,7 +247,7 @@ class Registry:
         """A connection to ``address`` failed or broke: check the instances registered there."""
         instances = [w.instance for w in self.workers if w.address == address]
         for instance in instances:
-            self._spawn_probe(instance, address, "its connection failed")
+            self._spawn_probe(instance, address, "dropped its connection")
 
     def _spawn_probe(self, instance: str, address: str | None, why: str) -> None:
         if instance in self._probing:

@@ -221,7 +221,10 @@ class LocalCluster:
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]
         if not self.worker_command:
-            argv += ["--output-dir", str(home / "outputs"), "--grace-seconds", str(self.grace_seconds)]
+            # One output root for every worker, as the chart's shared outputs volume: a pipeline saved
+            # through one worker can be loaded by a session that lives on another.
+            outputs = self.workdir / "outputs"  # type: ignore[operator]
+            argv += ["--output-dir", str(outputs), "--grace-seconds", str(self.grace_seconds)]
         argv += list(self.worker_args)
         child = Child(name, argv, self.workdir / f"{name}.log", f"127.0.0.1:{port}", metrics_port)  # type: ignore[operator]
         child.start(home, env)

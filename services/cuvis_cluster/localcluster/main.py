@@ -54,13 +54,19 @@ def _up(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
+        reported: set[str] = set()
         while not stop.wait(0.5):
             for child in [cluster.redis, cluster.gateway, *cluster.worker_procs]:
-                if child is not None and not child.alive():
-                    print(
-                        f"cuvis-cluster: {child.name} exited unexpectedly:\n{child.tail()}", file=sys.stderr
-                    )
-                    stop.set()
+                if child is None or child.alive() or child.name in reported:
+                    continue
+                reported.add(child.name)
+                print(f"cuvis-cluster: {child.name} exited unexpectedly:\n{child.tail()}", file=sys.stderr)
+                if child is cluster.redis or child is cluster.gateway:
+                    stop.set()  # without Redis or the gateway there is no cluster left to serve
+                else:
+                    # A lost worker is what the gateway is built to handle: its sessions answer
+                    # NOT_FOUND naming it, everything else keeps working.
+                    print("cuvis-cluster: the other workers keep serving", file=sys.stderr, flush=True)
     finally:
         print("cuvis-cluster: stopping ...", flush=True)
         cluster.stop()
