@@ -131,6 +131,9 @@ def test_errors_map_to_exit_codes(module_cluster):
     bad = cli(module_cluster, "train", "rx_statistical", "-o", "data.batch_size=-3")
     assert bad.returncode == 13, bad.stderr  # INVALID_ARGUMENT naming the field
     assert "batch_size" in bad.stderr
+    malformed = cli(module_cluster, "train", "rx_statistical", "-o", "data.params.height")
+    assert malformed.returncode != 0 and "must look like key.path=value" in malformed.stderr
+    assert "session" not in malformed.stdout  # refused before any call
     down = subprocess.run(
         [
             str(VENV_BIN / "cuvis-ai"),

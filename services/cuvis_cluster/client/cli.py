@@ -20,6 +20,7 @@ from google.protobuf.json_format import MessageToDict
 
 from cuvis_cluster import errors
 from cuvis_cluster.client import Client, Session, format_progress, read_inputs
+from cuvis_cluster.client._client import check_overrides
 from cuvis_cluster.client._errors import (
     EXIT_INTERRUPTED,
     EXIT_LOCAL_ERROR,
@@ -153,6 +154,7 @@ def _run_training(session: Session, trainer: str, args: argparse.Namespace) -> s
 
 def cmd_train(client: Client, args: argparse.Namespace) -> int:
     trainers = ["statistical", "gradient"] if args.two_phase else [args.trainer]
+    check_overrides(args.override)  # refuse a malformed override before any call
     with client.create_session() as session:
         _print(f"session {session.id}")
         config = session.configure_trainrun(args.trainrun, args.override)
