@@ -70,7 +70,7 @@ def test_cluster_up_command_stops_cleanly_on_sigterm(tmp_path):
         assert not port_open(f"127.0.0.1:{port}")
         assert not any(port_open(a) for a in worker_addresses)
     finally:
-        procs.kill_process_group(proc)
+        procs.kill_process_group(proc, signal.SIGTERM, timeout=60)  # up stops its own children
 
 
 def test_cluster_up_without_redis_says_how_to_install_it(tmp_path):
@@ -131,4 +131,4 @@ def test_cluster_up_keeps_serving_when_a_worker_dies(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
-        procs.kill_process_group(proc)
+        procs.kill_process_group(proc, signal.SIGTERM, timeout=60)  # up stops its own children
