@@ -26,23 +26,6 @@ CONFIGS = REPO / "configs"
 C = 61
 
 
-@pytest.fixture
-def engine(tmp_path):
-    (tmp_path / "data").mkdir()
-    eng = Engine(
-        EngineConfig(
-            configs_dir=CONFIGS,
-            data_dir=tmp_path / "data",
-            output_dir=tmp_path / "outputs",
-            plugin_dirs=[],
-            extra_roots=[],
-            device="cpu",
-        )
-    )
-    yield eng
-    eng.shutdown()
-
-
 def pipeline_config(name: str) -> dict[str, Any]:
     return yaml.safe_load((CONFIGS / "pipeline" / f"{name}.yaml").read_text())
 

@@ -11,30 +11,12 @@ import pytest
 import torch
 import yaml
 
-from cuvis_cluster.engine.service import Engine, EngineConfig
+from cuvis_cluster.engine.service import Engine
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 C = 61
-
-
-@pytest.fixture
-def engine(tmp_path):
-    (tmp_path / "data").mkdir()
-    eng = Engine(
-        EngineConfig(
-            configs_dir=CONFIGS,
-            data_dir=tmp_path / "data",
-            output_dir=tmp_path / "outputs",
-            plugin_dirs=[],
-            extra_roots=[],
-            max_sessions=8,
-            device="cpu",
-        )
-    )
-    yield eng
-    eng.shutdown()
 
 
 def cube(b: int = 1, h: int = 8, w: int = 8, c: int = C, seed: int = 0) -> torch.Tensor:

@@ -8,27 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cuvis_cluster.engine.service import Engine, EngineConfig
+from cuvis_cluster.engine.service import Engine
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def engine(tmp_path):
-    (tmp_path / "data").mkdir()
-    eng = Engine(
-        EngineConfig(
-            configs_dir=REPO / "configs",
-            data_dir=tmp_path / "data",
-            output_dir=tmp_path / "outputs",
-            plugin_dirs=[],
-            extra_roots=[],
-            device="cpu",
-        )
-    )
-    yield eng
-    eng.shutdown()
 
 
 def session_with(engine: Engine, overrides: list[str], trainrun: str = "rx_statistical") -> str:

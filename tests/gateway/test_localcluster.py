@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -39,7 +42,9 @@ def test_local_cluster_api(tmp_path):
     assert not any(port_open(a) for a in addresses)
 
 
-def test_cluster_up_command_stops_cleanly_on_sigterm(tmp_path):
+@contextlib.contextmanager
+def cluster_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """``cuvis-cluster up`` with 2 stand-in workers: (process, gateway address, log file), once it is up."""
     port = procs.free_port()
     argv = [
         str(procs.VENV_BIN / "cuvis-cluster"),
@@ -60,17 +65,22 @@ def test_cluster_up_command_stops_cleanly_on_sigterm(tmp_path):
         procs.wait_for(
             lambda: "cuvis-cluster up: gateway on" in log.read_text(), timeout=120, what="cluster up"
         )
-        assert f"gateway on 127.0.0.1:{port}" in log.read_text()
-        stub = pb_grpc.CuvisAIServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        yield proc, f"127.0.0.1:{port}", log
+    finally:
+        procs.kill_process_group(proc, signal.SIGTERM, timeout=60)  # up stops its own children
+
+
+def test_cluster_up_command_stops_cleanly_on_sigterm(tmp_path):
+    with cluster_up(tmp_path) as (proc, gateway, log):
+        assert f"gateway on {gateway}" in log.read_text()
+        stub = pb_grpc.CuvisAIServiceStub(grpc.insecure_channel(gateway))
         stub.CreateSession(pb.CreateSessionRequest())
-        worker_addresses = [w.address for w in list_workers(f"127.0.0.1:{port}")]
+        worker_addresses = [w.address for w in list_workers(gateway)]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         assert "cuvis-cluster: stopped" in log.read_text()
-        assert not port_open(f"127.0.0.1:{port}")
+        assert not port_open(gateway)
         assert not any(port_open(a) for a in worker_addresses)
-    finally:
-        procs.kill_process_group(proc, signal.SIGTERM, timeout=60)  # up stops its own children
 
 
 def test_cluster_up_without_redis_says_how_to_install_it(tmp_path):
@@ -88,25 +98,7 @@ def test_cluster_up_without_redis_says_how_to_install_it(tmp_path):
 
 
 def test_cluster_up_keeps_serving_when_a_worker_dies(tmp_path):
-    port = procs.free_port()
-    argv = [
-        str(procs.VENV_BIN / "cuvis-cluster"),
-        "up",
-        "--workers",
-        "2",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--worker-command",
-        shlex.join([sys.executable, str(STANDIN)]),
-        "--workdir",
-        str(tmp_path / "run"),
-    ]
-    log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    gateway = f"127.0.0.1:{port}"
-    try:
-        procs.wait_for(lambda: "cuvis-cluster up: gateway on" in log.read_text(), timeout=120, what="up")
+    with cluster_up(tmp_path) as (proc, gateway, log):
         victim = list_workers(gateway)[0].address
         found = subprocess.run(["pgrep", "-f", "--", f"--listen {victim}"], capture_output=True, text=True)
         pids = [int(p) for p in found.stdout.split()]
@@ -130,5 +122,3 @@ def test_cluster_up_keeps_serving_when_a_worker_dies(tmp_path):
         procs.wait_for(create, timeout=30, what="a session on the surviving worker")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        procs.kill_process_group(proc, signal.SIGTERM, timeout=60)  # up stops its own children
