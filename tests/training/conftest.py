@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from helpers import procs
 
-from cuvis_cluster.wire.pb import pb, pb_grpc
+from cuvis_cluster.wire.pb import pb_grpc
 
 
 @pytest.fixture(scope="package")
@@ -47,16 +46,6 @@ def worker(worker_dirs) -> Iterator[procs.ServerProcess]:
 @pytest.fixture(scope="package")
 def stub(worker) -> pb_grpc.CuvisAIServiceStub:
     return pb_grpc.CuvisAIServiceStub(worker.channel())
-
-
-@pytest.fixture
-def session(stub) -> Iterator[str]:
-    session_id = stub.CreateSession(pb.CreateSessionRequest()).session_id
-    yield session_id
-    try:
-        stub.CloseSession(pb.CloseSessionRequest(session_id=session_id))
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture

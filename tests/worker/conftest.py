@@ -25,17 +25,6 @@ def stub(worker) -> pb_grpc.CuvisAIServiceStub:
     return pb_grpc.CuvisAIServiceStub(worker.channel())
 
 
-@pytest.fixture
-def session(stub) -> Iterator[str]:
-    """A fresh session, closed afterwards (if the test did not close it itself)."""
-    session_id = stub.CreateSession(pb.CreateSessionRequest()).session_id
-    yield session_id
-    try:
-        stub.CloseSession(pb.CloseSessionRequest(session_id=session_id))
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.NOT_FOUND
-
-
 @pytest.fixture(scope="module")
 def trained_session(stub) -> Iterator[str]:
     """A module-wide session holding a statistically trained RX pipeline."""
