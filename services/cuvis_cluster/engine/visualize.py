@@ -15,6 +15,7 @@ import graphviz
 import yaml
 
 from cuvis_cluster.engine import schemas
+from cuvis_cluster.engine.nodes import BUILTIN
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument
 
 FORMATS = ("png", "svg", "dot", "graphviz", "mermaid")
@@ -79,7 +80,7 @@ def graph_from_config(config: dict[str, Any], categories: dict[str, str] | None 
             field="config_content",
         )
     model = schemas.validate("pipeline", config, prefix="config_content")
-    from cuvis_cluster.engine.nodes.base import BUILTIN
+    assert isinstance(model, schemas.PipelineConfig)  # what validate("pipeline", ...) builds
 
     categories = dict(categories or {})
     out_nodes = []

@@ -34,9 +34,8 @@ WIRE_TO_NUMPY: dict[int, np.dtype] = {
     pb.D_TYPE_FLOAT16: np.dtype("<f2"),
     pb.D_TYPE_UINT16: np.dtype("<u2"),
 }
-NUMPY_TO_WIRE: dict[str, int] = {dt.newbyteorder("=").name: code for code, dt in WIRE_TO_NUMPY.items()}
 # Short dtype names as the engine and the TensorSpec messages use them.
-NAME_TO_WIRE: dict[str, int] = {
+NAME_TO_WIRE: dict[str, pb.DType] = {
     "float32": pb.D_TYPE_FLOAT32,
     "float64": pb.D_TYPE_FLOAT64,
     "int32": pb.D_TYPE_INT32,
@@ -47,6 +46,10 @@ NAME_TO_WIRE: dict[str, int] = {
     "uint16": pb.D_TYPE_UINT16,
 }
 WIRE_TO_NAME: dict[int, str] = {v: k for k, v in NAME_TO_WIRE.items()}
+# Native-order numpy dtype name -> wire code (built from the enum members, which NAME_TO_WIRE lists).
+NUMPY_TO_WIRE: dict[str, pb.DType] = {
+    WIRE_TO_NUMPY[code].newbyteorder("=").name: code for code in NAME_TO_WIRE.values()
+}
 
 # No real tensor has more dims than this; it also bounds the work spent validating a hostile shape.
 MAX_RANK = 32
@@ -114,7 +117,7 @@ def decode(tensor: pb.Tensor, *, field: str = "tensor") -> np.ndarray:
     return array.reshape(tuple(tensor.shape))
 
 
-def wire_array(array: Any, *, field: str = "tensor") -> tuple[int, np.ndarray]:
+def wire_array(array: Any, *, field: str = "tensor") -> tuple[pb.DType, np.ndarray]:
     """The wire dtype code and a C-contiguous little-endian array for ``array`` (copied only if needed).
 
     Accepts numpy arrays, torch tensors (moved to the CPU) and anything ``np.asarray`` accepts; raises
@@ -150,7 +153,7 @@ def encode(array: Any, *, field: str = "tensor") -> pb.Tensor:
 
 def to_torch(tensor: pb.Tensor, *, field: str = "tensor", device: Any = None) -> torch.Tensor:
     """Decode into a torch tensor sharing the message's memory (copied only when moved to ``device``)."""
-    import torch
+    import torch  # optional (see the TYPE_CHECKING import above), so imported on use
 
     array = decode(tensor, field=field)
     with warnings.catch_warnings():
@@ -160,7 +163,7 @@ def to_torch(tensor: pb.Tensor, *, field: str = "tensor", device: Any = None) ->
     return result if device is None else result.to(device)
 
 
-def spec_dtype(name: str) -> int:
+def spec_dtype(name: str) -> pb.DType:
     """Wire dtype code for an engine dtype name (``"float32"`` ...)."""
     try:
         return NAME_TO_WIRE[name]

@@ -124,6 +124,8 @@ def enable_documented_reflection(server: Any, service_names: Iterable[str]) -> N
     ``service_names`` should include ``grpc_reflection``'s own service name; it is added when missing.
     Works for ``grpc.server`` and ``grpc.aio.server``.
     """
+    # Imported on use: only the servers call this; the client (apidoc) imports this module too and
+    # need not load grpc_reflection.
     from grpc_reflection.v1alpha import reflection
 
     names = list(dict.fromkeys([*service_names, reflection.SERVICE_NAME]))

@@ -124,6 +124,7 @@ def _signed64(value: int) -> int:
 def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, Any]]:
     """Yield (field number, wire type, value): an int for varints, (start, stop) for LEN fields and
     the start offset for fixed32/fixed64 fields."""
+    value: int | tuple[int, int]
     while pos < end:
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
@@ -321,7 +322,7 @@ def view_array(buffer: Any, view: TensorView, *, field: str) -> np.ndarray:
 
 def view_torch(buffer: Any, view: TensorView, *, field: str) -> Any:
     """:func:`view_array` as a CPU torch tensor sharing the buffer's memory."""
-    import torch
+    import torch  # optional (the gateway and light clients don't install it), so imported on use
 
     array = view_array(buffer, view, field=field)
     with warnings.catch_warnings():

@@ -40,7 +40,7 @@ def status_for(exc: BaseException, *, method: str = "") -> tuple[grpc.StatusCode
     reported as INTERNAL carrying that id, never the raw exception text of an unexpected failure.
     """
     for cls in type(exc).__mro__:
-        code = STATUS_TABLE.get(cls)  # type: ignore[arg-type]
+        code = STATUS_TABLE.get(cls)
         if code is not None:
             return code, str(exc)
     request_id = uuid.uuid4().hex[:12]

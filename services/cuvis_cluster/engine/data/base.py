@@ -1,4 +1,4 @@
-"""The data-module interface, its registry and the config -> DataModule factory.
+"""The data-module interface and its registry table (the factory is in :mod:`.registry`).
 
 A data module serves frames of one source (synthetic, NPZ folder, .cu3s session, Indian Pines) split into
 train/val/test by frame ids. Its loaders yield **batch dicts** of CPU tensors:
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -334,64 +334,16 @@ def _positive_int(value: Any, field: str, minimum: int) -> int:
     return out
 
 
+# Data module name -> class. Filled by @register_data_module as each implementation is imported; this
+# module imports none of them (:mod:`.registry` does), so the implementations can import it freely.
 DATA_MODULES: dict[str, type[DataModule]] = {}
 
 
 def register_data_module(cls: type[DataModule]) -> type[DataModule]:
+    """Class decorator that adds a data module to :data:`DATA_MODULES` under its ``NAME``."""
     if not cls.NAME:
         raise ValueError(f"{cls.__name__} has no NAME")
     if cls.NAME in DATA_MODULES and DATA_MODULES[cls.NAME] is not cls:
         raise ValueError(f"data module {cls.NAME} registered twice")
     DATA_MODULES[cls.NAME] = cls
     return cls
-
-
-def _as_mapping(config: Any) -> dict[str, Any]:
-    if config is None:
-        return {}
-    dump: Callable[[], Any] | None = getattr(config, "model_dump", None)
-    if callable(dump):
-        config = dump()
-    if not isinstance(config, Mapping):
-        raise InvalidArgument(f"data: expected a mapping, got {type(config).__name__}", field="data")
-    return dict(config)
-
-
-def build_datamodule(config: Mapping[str, Any] | Any, roots: DataRoots | None = None) -> DataModule:
-    """Build and set up the data module a data config names.
-
-    ``config`` is a plain mapping (or a pydantic model, dumped first) with :data:`CONFIG_KEYS`; other
-    top-level keys (upstream's ``cu3s_file_path``, ``annotation_json_path``, ``processing_mode``) are moved
-    into ``params``. ``roots`` confines every file the source opens. Errors: ``InvalidArgument`` naming the
-    ``data.*`` field for bad values, unknown modules, params or ids; ``NotFound`` for missing files;
-    ``PermissionDenied`` for paths outside the roots; ``FailedPrecondition`` when an optional dependency
-    (cuvis SDK, tensorly) is missing.
-    """
-    # Importing the package registers the built-in sources.
-    from . import cu3s, indian_pines, npz, synthetic  # noqa: F401
-
-    cfg = _as_mapping(config)
-    name = cfg.get("data_module") or DEFAULT_DATA_MODULE
-    cls = DATA_MODULES.get(str(name))
-    if cls is None:
-        raise InvalidArgument(
-            f"data.data_module: unknown data module {name!r}; available: {sorted(DATA_MODULES)}",
-            field="data.data_module",
-        )
-    params = cfg.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise InvalidArgument("data.params: expected a mapping", field="data.params")
-    params = dict(params)
-    for key, value in cfg.items():
-        if key not in CONFIG_KEYS and value is not None and key in cls.PARAMS:
-            params.setdefault(key, value)
-    module = cls(
-        batch_size=cfg.get("batch_size", 1) if cfg.get("batch_size") is not None else 1,
-        num_workers=cfg.get("num_workers", 0) if cfg.get("num_workers") is not None else 0,
-        train_ids=cfg.get("train_ids"),
-        val_ids=cfg.get("val_ids"),
-        test_ids=cfg.get("test_ids"),
-        params=params,
-        roots=roots,
-    )
-    return module.setup()

@@ -31,6 +31,8 @@ INSTALL_HINT = (
 def import_cuvis() -> Any:
     """The ``cuvis`` module, or FailedPrecondition explaining how to install it."""
     try:
+        # Imported on use: the SDK needs Cubert's native libcuvis. It has no stubs and is absent where
+        # mypy runs, hence the ignore.
         import cuvis  # type: ignore[import-not-found]
     except Exception as exc:  # ImportError, or the SDK's own loader errors (CUVIS unset, libcuvis missing)
         raise FailedPrecondition(f"{INSTALL_HINT} ({type(exc).__name__}: {exc})") from None
@@ -127,6 +129,11 @@ class Cu3sDataModule(DataModule):
     }
     CLASS_NAMES = {0: "Unlabeled", 1: "Lentils_black", 2: "Lentils_brown", 3: "Stone", 4: "Background"}
 
+    # SDK handles (cuvis.SessionFile, cuvis.ProcessingContext): both set together by _open_session, or
+    # both None (not opened yet, or dropped when the module was pickled into another process).
+    _session: Any | None = None
+    _context: Any | None = None
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_session"] = state["_context"] = None  # SDK handles stay in their process
@@ -152,17 +159,22 @@ class Cu3sDataModule(DataModule):
                 "data.num_workers: the cu3s source reads through the SDK; use 0", field="data.num_workers"
             )
         self._session = self._context = None
-        session = self._open_session()
+        session, _ = self._open_session()
         return len(session)
 
-    def _open_session(self) -> Any:
-        if self._session is None:
+    def _open_session(self) -> tuple[Any, Any]:
+        """The open ``(session, processing context)``, opening both on first use.
+
+        They are stored only once both exist, so a session whose context failed to open is opened again
+        on the next call instead of being used without a context.
+        """
+        if self._session is None or self._context is None:
             cuvis = import_cuvis()
             try:
-                self._session = cuvis.SessionFile(str(self.path))
-                self._context = cuvis.ProcessingContext(self._session)
+                session = cuvis.SessionFile(str(self.path))
+                context = cuvis.ProcessingContext(session)
                 mode = getattr(cuvis.ProcessingMode, str(self.params["processing_mode"]))
-                self._context.processing_mode = mode
+                context.processing_mode = mode
             except AttributeError:
                 raise InvalidArgument(
                     f"data.params.processing_mode: unknown mode {self.params['processing_mode']!r}",
@@ -173,13 +185,14 @@ class Cu3sDataModule(DataModule):
                     f"data.params.cu3s_file_path: cuvis cannot open {self.path.name}: {exc}",
                     field="data.params.cu3s_file_path",
                 ) from None
-        return self._session
+            self._session, self._context = session, context
+        return self._session, self._context
 
     def frame(self, frame_id: int) -> Frame:
-        session = self._open_session()
+        session, context = self._open_session()
         try:
             mesu = session.get_measurement(int(frame_id))
-            self._context.apply(mesu)
+            context.apply(mesu)
             cube = np.asarray(mesu.cube.array)
             wavelengths = np.asarray(mesu.cube.wavelength).reshape(-1)
         except Exception as exc:

@@ -53,6 +53,7 @@ CLASS_NAMES = {
 def load_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(cube [145,145,200] float32, labels [145,145] int32, wavelengths [200] float64)``."""
     try:
+        # Optional dependency, imported on use so that the other sources work without it.
         from tensorly.datasets import load_indian_pines
     except ImportError as exc:
         raise FailedPrecondition(

@@ -83,6 +83,16 @@ class RXGlobal(Node):
     _OFFSETS = ("mu_delta", "chol_delta")
     _BASES = ("_mu0", "_std", "_chol0")
 
+    # Registered buffers (and, while unfrozen, the offset parameters and their bases).
+    mu: torch.Tensor
+    cov: torch.Tensor
+    cov_inv: torch.Tensor
+    mu_delta: torch.Tensor
+    chol_delta: torch.Tensor
+    _mu0: torch.Tensor
+    _std: torch.Tensor
+    _chol0: torch.Tensor
+
     def __init__(self, num_channels: int, eps: float = 1e-6, cache_inverse: bool = True) -> None:
         n = int_param(num_channels, "num_channels", minimum=1, maximum=MAX_CHANNELS)
         eps = float_param(eps, "eps", minimum=0.0)

@@ -107,7 +107,9 @@ class Node(nn.Module):
     OUTPUTS: ClassVar[dict[str, Port]] = {}
     CATEGORY: ClassVar[str] = "transform"
     TAGS: ClassVar[tuple[str, ...]] = ()
-    STAGES: ClassVar[frozenset[Stage]] = ALL_STAGES
+    # Not a ClassVar: the class sets the default, and an instance may narrow it (a metric node's
+    # ``execution_stages``); the pipeline reads ``node.STAGES``.
+    STAGES: frozenset[Stage] = ALL_STAGES
     TRAINABLE_BUFFERS: ClassVar[tuple[str, ...]] = ()
     DESCRIPTION: ClassVar[str] = ""
     type_name: ClassVar[str] = ""  # set by @register

@@ -34,6 +34,9 @@ class ScoreToLogit(Node):
     TRAINABLE_BUFFERS = ("scale", "bias")
     DESCRIPTION = "Affine map from anomaly scores to logits; bias fitted as mean + 2·std."
 
+    scale: torch.Tensor  # 0-d buffers (parameters while unfrozen)
+    bias: torch.Tensor
+
     def __init__(self, init_scale: float = 1.0, init_bias: float = 0.0) -> None:
         scale = float_param(init_scale, "init_scale")
         bias = float_param(init_bias, "init_bias")

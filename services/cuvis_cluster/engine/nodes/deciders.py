@@ -72,6 +72,8 @@ class BinaryDecider(ThresholdDecider):
     THRESHOLD_PARAMS = ("threshold",)
     DESCRIPTION = "Thresholds sigmoid(logits) at a probability."
 
+    threshold: torch.Tensor  # 0-d buffer
+
     def __init__(self, threshold: float = 0.5) -> None:
         t = float_param(threshold, "threshold", minimum=0.0, maximum=1.0)
         super().__init__(threshold=t)
@@ -116,6 +118,8 @@ class QuantileBinaryDecider(ThresholdDecider):
     OUTPUTS: ClassVar[dict[str, Port]] = {"decisions": Port("bool", ("B", "H", "W", -1))}
     THRESHOLD_PARAMS = ("quantile",)
     DESCRIPTION = "Flags the top (1-q) fraction of each image's scores."
+
+    quantile: torch.Tensor  # 0-d buffer
 
     def __init__(self, quantile: float = 0.995, reduce_dims: list[int] | None = None) -> None:
         q = float_param(quantile, "quantile", minimum=0.0, maximum=1.0)

@@ -59,6 +59,9 @@ class DeepSVDDProjection(Node):
     TAGS = ("hyperspectral", "anomaly", "embedding", "learnable", "differentiable")
     DESCRIPTION = "Per-pixel projection network of Deep SVDD (optionally on random Fourier features)."
 
+    rff_weight: torch.Tensor  # [C, n_rff] buffer (kernel='rbf' only)
+    rff_bias: torch.Tensor  # [n_rff] buffer (kernel='rbf' only)
+
     def __init__(
         self,
         in_channels: int,
@@ -144,6 +147,8 @@ class DeepSVDDCenterTracker(Node):
     TAGS = ("anomaly", "embedding", "stateful")
     TRAINABLE_BUFFERS = ("center",)
     DESCRIPTION = "Deep SVDD centre: mean embedding, tracked by EMA while training."
+
+    center: torch.Tensor  # [D] buffer (parameter while unfrozen)
 
     def __init__(self, rep_dim: int = 32, alpha: float = 0.1, update_in_eval: bool = False) -> None:
         d = int_param(rep_dim, "rep_dim", minimum=1, maximum=MAX_HIDDEN)

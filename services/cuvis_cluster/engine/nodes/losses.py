@@ -17,7 +17,7 @@ WEIGHTS = Port("float32", ("C",), description="channel selector weights")
 
 class LossNode(Node):
     CATEGORY = "loss"
-    TAGS = ("training",)
+    TAGS: ClassVar[tuple[str, ...]] = ("training",)
     STAGES = EVAL_STAGES
     OUTPUTS: ClassVar[dict[str, Port]] = {"loss": LOSS}
 

@@ -42,6 +42,9 @@ class MinMaxNormalizer(Node):
     TRAINABLE_BUFFERS = ("running_min", "running_max")
     DESCRIPTION = "Min-max scaling with a global running min/max fitted on the train split."
 
+    running_min: torch.Tensor  # 0-d buffers (parameters while unfrozen)
+    running_max: torch.Tensor
+
     def __init__(self, eps: float = 1e-6, use_running_stats: bool = True) -> None:
         eps = float_param(eps, "eps", minimum=0.0)
         super().__init__(eps=eps, use_running_stats=bool(use_running_stats))
@@ -97,6 +100,9 @@ class ZScoreNormalizerGlobal(Node):
     TAGS = ("hyperspectral", "normalization", "preprocessing")
     TRAINABLE_BUFFERS = ("zscore_mean", "zscore_std")
     DESCRIPTION = "Per-channel z-score with mean/std fitted on the train split."
+
+    zscore_mean: torch.Tensor  # [C] buffers (parameters while unfrozen)
+    zscore_std: torch.Tensor
 
     def __init__(self, num_channels: int, eps: float = 1e-8, **ignored: Any) -> None:
         n = int_param(num_channels, "num_channels", minimum=1, maximum=MAX_CHANNELS)

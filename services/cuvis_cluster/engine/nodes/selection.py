@@ -45,6 +45,9 @@ class SoftChannelSelector(Node):
     TRAINABLE_BUFFERS = ("channel_logits",)
     DESCRIPTION = "Soft (temperature-softmax) channel selection with a learnable logit per band."
 
+    channel_logits: torch.Tensor  # buffer, or parameter while unfrozen
+    temperature: torch.Tensor  # 0-d buffer
+
     def __init__(
         self,
         n_select: int,

@@ -59,7 +59,7 @@ _ANCHORS: dict[str, list[tuple[int, int, int]]] = {
 def colormap_lut(name: str) -> np.ndarray:
     """[256, 3] uint8 table for colormap ``name``; ValueError when it is unknown."""
     try:
-        import matplotlib
+        import matplotlib  # optional, heavy: only needed to build a table, so imported on first use
 
         cmap = matplotlib.colormaps[name]
         return np.round(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
@@ -116,6 +116,8 @@ class ScoreHeatmapVisualizer(Visualizer):
     INPUTS: ClassVar[dict[str, Port]] = {"scores": Port("float32", ("B", "H", "W", 1))}
     TAGS = ("anomaly", "image")
     DESCRIPTION = "Heatmap of anomaly scores."
+
+    lut: torch.Tensor  # [256, 3] uint8 colour table (non-persistent buffer)
 
     def __init__(
         self, normalize_scores: bool = True, cmap: str = "inferno", up_to: int | None = None
@@ -252,6 +254,7 @@ class AnomalyMaskVisualizer(Visualizer):
         d = self._limit(decisions).bool()
         colours = torch.zeros_like(grey)
         hit = torch.zeros_like(d)
+        layers: tuple[tuple[torch.Tensor, tuple[float, float, float]], ...]
         mask = inputs.get("mask")
         if mask is not None:
             m = self._limit(mask.unsqueeze(-1) if mask.dim() == 3 else mask).bool()
