@@ -46,7 +46,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cuvis_cluster.client import connect
 from cuvis_cluster.engine.data.synthetic import generate_frame
 from cuvis_cluster.engine.nodes.base import NodeRegistry, Stage
-from cuvis_cluster.engine.pipeline import Pipeline, read_weights
+from cuvis_cluster.engine.pipeline import Pipeline
+from cuvis_cluster.engine.weights import read_weights
 from cuvis_cluster.wire import codec, fastwire
 from cuvis_cluster.wire.pb import pb, pb_grpc
 

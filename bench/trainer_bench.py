@@ -74,13 +74,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from cuvis_cluster.engine import schemas
-    from cuvis_cluster.engine.service import Engine, EngineConfig
-    from cuvis_cluster.engine.training.gradient import (
-        PipelineModule,
-        TrainableState,
-        make_plan,
-        trainer_kwargs,
-    )
+    from cuvis_cluster.engine.facade import Engine, EngineConfig
+    from cuvis_cluster.engine.training.gradient import TrainableState, make_plan, trainer_kwargs
+    from cuvis_cluster.engine.training.lightning_module import PipelineModule
     from cuvis_cluster.engine.training.run import TrainContext
 
     out = Path(tempfile.mkdtemp(prefix="trainer-bench-"))

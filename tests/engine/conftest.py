@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cuvis_cluster.engine.service import Engine, EngineConfig
+from cuvis_cluster.engine.facade import Engine, EngineConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

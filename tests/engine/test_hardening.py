@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from cuvis_cluster.engine import configs
+from cuvis_cluster.engine.facade import Engine, EngineConfig
 from cuvis_cluster.engine.nodes.base import Node, NodeRegistry, Port
 from cuvis_cluster.engine.nodes.visualization import FalseRGBVisualizer, ScoreHeatmapVisualizer
 from cuvis_cluster.engine.pipeline import Pipeline
-from cuvis_cluster.engine.service import Engine, EngineConfig
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +124,8 @@ def test_non_utf8_config_bytes_are_invalid_argument(engine):
             call()
         assert info.value.field == "config" and "UTF-8" in info.value.message
     for kind in ("pipeline", "trainrun"):
-        valid, errors, _ = engine.validate_config(kind, b"\xff\xfe{}")
+        result = engine.validate_config(kind, b"\xff\xfe{}")
+        valid, errors = result.valid, list(result.errors)
         assert valid is False and errors and "UTF-8" in errors[0]
 
 
@@ -212,7 +213,7 @@ def test_inference_and_saves_while_training_are_failed_precondition(engine, trai
                 call()
         assert not (engine.output_dir / "during.yaml").exists()
         assert engine.train_status(trained) is not None  # status still answers
-        stopped, _ = engine.stop_train(trained)
+        stopped = engine.stop_train(trained).accepted
         assert stopped
     finally:
         run.cancel()
@@ -220,9 +221,9 @@ def test_inference_and_saves_while_training_are_failed_precondition(engine, trai
     # the session is free again: a complete run, then inference and saving work
     engine.set_trainrun(trained, engine.resolve_config(trained, "trainrun", "trainrun/rx_statistical", SMALL))
     assert engine.train(trained, "statistical").events(timeout=120)[-1].status == "complete"
-    tensors, _ = engine.infer(trained, {"cube": cube()}, ["scores"])
+    tensors = engine.infer(trained, {"cube": cube()}, ["scores"]).tensors
     assert tensors
-    assert Path(engine.save_pipeline(trained, "after.yaml", None)[0]).is_file()
+    assert Path(engine.save_pipeline(trained, "after.yaml", None).pipeline_path).is_file()
 
 
 def test_close_session_while_training_works(engine):
@@ -264,8 +265,10 @@ def test_train_trains_the_pipeline_the_session_holds_despite_a_racing_load(engin
 def test_saved_files_are_readable_by_others_as_umask_allows(engine, trained):
     mask = os.umask(0o022)
     try:
-        yaml_path, pt_path = engine.save_pipeline(trained, "shared/rx.yaml", None)
-        run_paths = engine.save_trainrun(trained, "shared/run.yaml", True)
+        result = engine.save_pipeline(trained, "shared/rx.yaml", None)
+        yaml_path, pt_path = result.pipeline_path, result.weights_path
+        saved_run = engine.save_trainrun(trained, "shared/run.yaml", True)
+        run_paths = (saved_run.trainrun_path, saved_run.pipeline_path, saved_run.weights_path)
     finally:
         os.umask(mask)
     for path in (yaml_path, pt_path, *run_paths):

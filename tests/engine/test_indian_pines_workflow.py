@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cuvis_cluster.engine.data import build_datamodule
-from cuvis_cluster.engine.service import Engine, EngineConfig
+from cuvis_cluster.engine.facade import Engine, EngineConfig
 
 pytest.importorskip("tensorly", reason="Indian Pines ships inside the tensorly wheel")
 
@@ -48,9 +48,9 @@ def test_rx_statistical_trains_and_scores_indian_pines(tmp_path):
         module = build_datamodule(config["data"])
         scores, labels = [], []
         for batch in module.test_dataloader():
-            outputs, _ = engine.infer(
+            outputs = engine.infer(
                 sid, {"cube": batch["cube"], "wavelengths": batch["wavelengths"]}, ["rx_detector.scores"]
-            )
+            ).tensors
             scores.append(outputs["rx_detector.scores"].reshape(-1).numpy())
             labels.append((batch["mask"] == 2).reshape(-1).numpy())
         score, label = np.concatenate(scores), np.concatenate(labels)

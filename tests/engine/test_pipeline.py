@@ -13,7 +13,8 @@ import yaml
 
 import cuvis_cluster.engine.nodes  # noqa: F401  (registers the catalogue)
 from cuvis_cluster.engine.nodes.base import Node, NodeRegistry, Port, Stage
-from cuvis_cluster.engine.pipeline import Pipeline, read_weights, save_weights
+from cuvis_cluster.engine.pipeline import Pipeline
+from cuvis_cluster.engine.weights import read_weights, weights_bytes
 from cuvis_cluster.errors import InvalidArgument
 
 REPO = Path(__file__).resolve().parents[2]
@@ -263,7 +264,7 @@ def test_fixed_sizes_follow_channel_symbols_to_the_node_that_fixes_them():
 # -- weights --------------------------------------------------------------------------------------------
 def test_weights_round_trip_gives_bit_identical_outputs():
     trained = fitted_rx()
-    data = save_weights(trained.weights_payload())
+    data = weights_bytes(trained.weights_payload())
     fresh = build(trained.to_config())
     fresh.load_weights_payload(read_weights(data), strict=True)
     batch = {"cube": cube(seed=9)}
@@ -333,4 +334,4 @@ def test_garbage_weights_are_invalid_argument(data):
 def test_legacy_flat_weights_are_refused():
     payload = {"rx_detector.mu": torch.zeros(C)}
     with pytest.raises(InvalidArgument, match="state_dict"):
-        build(rx_config()).load_weights_payload(read_weights(save_weights(payload)), strict=False)
+        build(rx_config()).load_weights_payload(read_weights(weights_bytes(payload)), strict=False)

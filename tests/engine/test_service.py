@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from cuvis_cluster.engine.service import Engine
+from cuvis_cluster.engine.facade import Engine
+from cuvis_cluster.engine.types import PipelineMetadata
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,12 +60,14 @@ def test_search_paths_append_replace_and_rejections(engine, tmp_path):
     extra.mkdir(parents=True)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    current, rejected = engine.set_search_paths(
+    result = engine.set_search_paths(
         sid, [str(extra), str(outside), str(tmp_path / "outputs" / "missing")], append=True
     )
+    current, rejected = list(result.current), list(result.rejected)
     assert current == [str(CONFIGS.resolve()), str(extra.resolve())]
     assert rejected == [str(outside), str(tmp_path / "outputs" / "missing")]
-    current, rejected = engine.set_search_paths(sid, [str(CONFIGS / "trainrun")], append=False)
+    result = engine.set_search_paths(sid, [str(CONFIGS / "trainrun")], append=False)
+    current, rejected = list(result.current), list(result.rejected)
     assert current == [str((CONFIGS / "trainrun").resolve())] and rejected == []
     # the group directory as search path: cross-group defaults still compose
     resolved = engine.resolve_config(sid, "trainrun", "rx_statistical", [])
@@ -89,7 +92,7 @@ def test_symlinked_search_path_out_of_the_roots_is_rejected(engine, tmp_path):
     link = tmp_path / "outputs" / "link"
     link.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(outside, link)
-    _, rejected = engine.set_search_paths(sid, [str(link)], append=True)
+    rejected = list(engine.set_search_paths(sid, [str(link)], append=True).rejected)
     assert rejected == [str(link)]
 
 
@@ -98,19 +101,25 @@ def test_parameter_schema_and_validate_config(engine):
     assert "optimizer" in engine.parameter_schema("training")["properties"]
     with pytest.raises(NotFound):
         engine.parameter_schema("nope")
-    ok, errors, _ = engine.validate_config(
+    result = engine.validate_config(
         "training", json.dumps({"optimizer": {"name": "adam", "lr": 0.01}}).encode()
     )
+    ok, errors = result.valid, list(result.errors)
     assert ok and errors == []
-    ok, errors, _ = engine.validate_config("training", b'{"optimizer": {"name": "adam", "lr": -0.001}}')
+    result = engine.validate_config("training", b'{"optimizer": {"name": "adam", "lr": -0.001}}')
+    ok, errors = result.valid, list(result.errors)
     assert not ok and any("lr" in e for e in errors)
-    ok, errors, _ = engine.validate_config("training", b'{"optimizer": {"name": "invalid_opt"}}')
+    result = engine.validate_config("training", b'{"optimizer": {"name": "invalid_opt"}}')
+    ok, errors = result.valid, list(result.errors)
     assert not ok and any("optimizer.name" in e for e in errors)
-    ok, errors, _ = engine.validate_config("training", b'{"trainer": {"max_epochs": 0}}')
+    result = engine.validate_config("training", b'{"trainer": {"max_epochs": 0}}')
+    ok, errors = result.valid, list(result.errors)
     assert not ok
-    ok, errors, _ = engine.validate_config("pipeline", b'{"nodes": [{"name": "x", "type": "NoSuchNode"}]}')
+    result = engine.validate_config("pipeline", b'{"nodes": [{"name": "x", "type": "NoSuchNode"}]}')
+    ok, errors = result.valid, list(result.errors)
     assert not ok and any("NoSuchNode" in e for e in errors)
-    ok, errors, _ = engine.validate_config("data", b"{not json")
+    result = engine.validate_config("data", b"{not json")
+    ok, errors = result.valid, list(result.errors)
     assert not ok and errors
 
 
@@ -127,7 +136,7 @@ def test_load_pipeline_returns_metadata_and_replaces(engine):
     sid = engine.create_session()
     rx = engine.resolve_config(sid, "pipeline", "pipeline/rx_statistical", [])
     meta = engine.load_pipeline(sid, json.dumps(rx).encode())
-    assert meta["name"] == "rx_statistical" and "anomaly" in meta["tags"]
+    assert meta.name == "rx_statistical" and "anomaly" in meta.tags
     svdd = engine.resolve_config(sid, "pipeline", "pipeline/deep_svdd", [])
     engine.load_pipeline(sid, svdd)
     assert any(s.name == "projection.embeddings" for s in engine.pipeline_outputs(sid))
@@ -150,13 +159,13 @@ def test_specs(engine, trained):
 
 # -- inference ------------------------------------------------------------------------------------------
 def test_inference_outputs_and_filters(engine, trained):
-    tensors, _ = engine.infer(trained, {"cube": cube()}, [])
+    tensors = engine.infer(trained, {"cube": cube()}, []).tensors
     assert tensors["decider.decisions"].shape == (1, 8, 8, 1)
     assert tensors["decider.decisions"].dtype == torch.bool  # bool stays a tensor
     assert all(t.device.type == "cpu" for t in tensors.values())
-    only, _ = engine.infer(trained, {"cube": cube()}, ["decisions"])
+    only = engine.infer(trained, {"cube": cube()}, ["decisions"]).tensors
     assert list(only) == ["decider.decisions"]
-    full, _ = engine.infer(trained, {"cube": cube()}, ["rx_detector.scores", "logits"])
+    full = engine.infer(trained, {"cube": cube()}, ["rx_detector.scores", "logits"]).tensors
     assert set(full) == {"rx_detector.scores", "logit.logits"}
     with pytest.raises(InvalidArgument, match="output_specs"):
         engine.infer(trained, {"cube": cube()}, ["no_such_output"])
@@ -174,8 +183,8 @@ def test_inference_input_errors_name_the_input(engine, trained):
 
 
 def test_extra_inputs_are_accepted_and_ignored(engine, trained):
-    plain, _ = engine.infer(trained, {"cube": cube()}, ["scores"])
-    extra, _ = engine.infer(
+    plain = engine.infer(trained, {"cube": cube()}, ["scores"]).tensors
+    extra = engine.infer(
         trained,
         {
             "cube": cube(),
@@ -187,7 +196,7 @@ def test_extra_inputs_are_accepted_and_ignored(engine, trained):
             "depth": torch.zeros(1, 8, 8),
         },
         ["scores"],
-    )
+    ).tensors
     assert torch.equal(plain["rx_detector.scores"], extra["rx_detector.scores"])
 
 
@@ -209,7 +218,8 @@ def test_scalar_outputs_go_to_metrics(engine):
     )
     assert run.events(timeout=120)[-1].status == "complete"
     wl = torch.arange(430, 911, 8, dtype=torch.int32).reshape(1, C)
-    tensors, metrics = engine.infer(sid, {"cube": cube(), "wavelengths": wl}, [])
+    result = engine.infer(sid, {"cube": cube(), "wavelengths": wl}, [])
+    tensors, metrics = result.tensors, result.metrics
     assert "center.center" in tensors
     assert metrics and all(isinstance(v, float) for v in metrics.values())
     assert any(k.startswith("center/") for k in metrics)
@@ -219,15 +229,16 @@ def test_concurrent_inference_on_one_session(engine, trained):
     from concurrent.futures import ThreadPoolExecutor
 
     batch = {"cube": cube(seed=3)}
-    expected, _ = engine.infer(trained, batch, ["scores"])
+    expected = engine.infer(trained, batch, ["scores"]).tensors
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: engine.infer(trained, batch, ["scores"])[0], range(8)))
+        results = list(pool.map(lambda _: engine.infer(trained, batch, ["scores"]).tensors, range(8)))
     assert all(torch.equal(r["rx_detector.scores"], expected["rx_detector.scores"]) for r in results)
 
 
 # -- save / load / weights ------------------------------------------------------------------------------
 def test_save_and_reload_gives_bit_identical_outputs(engine, trained, tmp_path):
-    yaml_path, pt_path = engine.save_pipeline(trained, "exp/deep/rx", {"author": "me", "tags": ["saved"]})
+    result = engine.save_pipeline(trained, "exp/deep/rx", PipelineMetadata(author="me", tags=("saved",)))
+    yaml_path, pt_path = result.pipeline_path, result.weights_path
     assert Path(yaml_path) == (tmp_path / "outputs" / "exp" / "deep" / "rx.yaml").resolve()
     assert Path(pt_path) == Path(yaml_path).with_suffix(".pt")
     saved = yaml.safe_load(Path(yaml_path).read_text())
@@ -236,11 +247,11 @@ def test_save_and_reload_gives_bit_identical_outputs(engine, trained, tmp_path):
     assert set(payload) == {"state_dict", "metadata"} and "rx_detector" in payload["state_dict"]
 
     batch = {"cube": cube(seed=5)}
-    before, _ = engine.infer(trained, batch, [])
+    before = engine.infer(trained, batch, []).tensors
     other = engine.create_session()
     engine.load_pipeline(other, Path(yaml_path).read_bytes())
     assert engine.load_weights(other, "exp/deep/rx", None, True) == pt_path  # .pt added, found under outputs
-    after, _ = engine.infer(other, batch, [])
+    after = engine.infer(other, batch, []).tensors
     assert before.keys() == after.keys()
     for key in before:
         assert torch.equal(before[key], after[key]), key
@@ -249,7 +260,7 @@ def test_save_and_reload_gives_bit_identical_outputs(engine, trained, tmp_path):
     engine.load_pipeline(third, Path(yaml_path).read_bytes())
     assert engine.load_weights(third, None, Path(pt_path).read_bytes(), True) == ""
     assert torch.equal(
-        engine.infer(third, batch, ["scores"])[0]["rx_detector.scores"], before["rx_detector.scores"]
+        engine.infer(third, batch, ["scores"]).tensors["rx_detector.scores"], before["rx_detector.scores"]
     )
 
 
@@ -298,7 +309,8 @@ def test_client_weight_bytes_are_never_unpickled(engine, trained):
 
 
 def test_strict_weights_via_engine(engine, trained):
-    yaml_path, pt_path = engine.save_pipeline(trained, "strict/rx", None)
+    result = engine.save_pipeline(trained, "strict/rx", None)
+    yaml_path, pt_path = result.pipeline_path, result.weights_path
     payload = torch.load(pt_path, weights_only=True)
     del payload["state_dict"]["logit"]
     buf = io.BytesIO()
@@ -315,18 +327,18 @@ def test_strict_weights_via_engine(engine, trained):
 
 # -- discovery ------------------------------------------------------------------------------------------
 def test_list_pipelines_and_tags(engine):
-    entries = {e["pipeline_path"]: e for e in engine.list_pipelines(None)}
+    entries = {e.pipeline_path: e for e in engine.list_pipelines(None)}
     assert {"rx_statistical.yaml", "channel_selector.yaml", "deep_svdd.yaml"} <= set(entries)
     rx = entries["rx_statistical.yaml"]
-    assert Path(rx["resolved_path"]).is_file() and rx["metadata"]["name"] == "rx_statistical"
-    assert {e["pipeline_path"] for e in engine.list_pipelines("DEEP_SVDD")} == {"deep_svdd.yaml"}
+    assert Path(rx.resolved_path).is_file() and rx.metadata.name == "rx_statistical"
+    assert {e.pipeline_path for e in engine.list_pipelines("DEEP_SVDD")} == {"deep_svdd.yaml"}
     assert len(engine.list_pipelines("anomaly")) >= 3
     assert engine.list_pipelines("no-such-tag") == []
 
 
 def test_pipeline_info(engine):
     info = engine.pipeline_info("rx_statistical.yaml")
-    assert "RXGlobal" in info["yaml_content"] and info["metadata"]["name"] == "rx_statistical"
+    assert "RXGlobal" in info.yaml_content and info.metadata.name == "rx_statistical"
     with pytest.raises(NotFound):
         engine.pipeline_info("nope.yaml")
     for bad in (
@@ -361,21 +373,27 @@ def test_set_trainrun_variants(engine):
 
 
 def test_save_and_restore_trainrun(engine, trained):
-    trainrun_path, pipeline_path, weights_path = engine.save_trainrun(trained, "runs/rx_run", True)
+    result = engine.save_trainrun(trained, "runs/rx_run", True)
+    trainrun_path, pipeline_path, weights_path = (
+        result.trainrun_path,
+        result.pipeline_path,
+        result.weights_path,
+    )
     assert Path(pipeline_path).name == "rx_run_pipeline.yaml" and Path(weights_path).name == "rx_run.pt"
     saved = yaml.safe_load(Path(trainrun_path).read_text())
     assert saved["pipeline"] == "rx_run_pipeline.yaml" and saved["data"]["data_module"] == "lentils_synthetic"
 
-    new_sid, config = engine.restore_trainrun("runs/rx_run", "runs/rx_run.pt", True, None, "me")
+    result = engine.restore_trainrun("runs/rx_run", "runs/rx_run.pt", True, None, "me")
+    new_sid, config = result.session_id, result.config
     assert new_sid != trained and engine.session(new_sid).owner == "me"
     assert isinstance(config["pipeline"], dict)
     batch = {"cube": cube(seed=11)}
-    a, _ = engine.infer(trained, batch, [])
-    b, _ = engine.infer(new_sid, batch, [])
+    a = engine.infer(trained, batch, []).tensors
+    b = engine.infer(new_sid, batch, []).tensors
     assert all(torch.equal(a[k], b[k]) for k in a)
     # into an existing session
     existing = engine.create_session()
-    assert engine.restore_trainrun(trainrun_path, weights_path, True, existing, None)[0] == existing
+    assert engine.restore_trainrun(trainrun_path, weights_path, True, existing, None).session_id == existing
     with pytest.raises(NotFound):
         engine.restore_trainrun("runs/missing", None, True, None, None)
     with pytest.raises(NotFound):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cuvis_cluster.engine.service import Engine
+from cuvis_cluster.engine.facade import Engine
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_rx_separates_anomalies_on_the_synthetic_test_split(engine):
     dm = engine.build_datamodule(engine.session(sid).data_config)
     scores, labels = [], []
     for batch in dm.dataloader("test"):
-        out, _ = engine.infer(sid, batch, ["rx_detector.scores", "data.mask"])
+        out = engine.infer(sid, batch, ["rx_detector.scores", "data.mask"]).tensors
         scores.append(out["rx_detector.scores"].flatten().numpy())
         labels.append(out["data.mask"].flatten().numpy())
     s, y = np.concatenate(scores), np.concatenate(labels)
@@ -152,13 +152,15 @@ def test_training_lock_and_stop_train(engine):
             with pytest.raises(FailedPrecondition, match="training in progress"):
                 call()
         engine.pipeline_outputs(sid)  # reads are allowed while training
-        stopped, message = engine.stop_train(sid)
+        result = engine.stop_train(sid)
+        stopped, message = result.accepted, result.message
         assert stopped, message
     finally:
         run.cancel()
     events = run.events(timeout=60)
     assert events[-1].status == "cancelled"
-    assert engine.stop_train(sid) == (False, "no training is running in this session")
+    stopped = engine.stop_train(sid)
+    assert (stopped.accepted, stopped.message) == (False, "no training is running in this session")
     engine.load_pipeline(sid, pipeline_cfg)
 
 
@@ -174,5 +176,5 @@ def test_two_phase_statistical_then_inference_on_the_same_session(engine):
     sid = session_with(engine, SMALL)
     for _ in range(2):  # training twice is fine: the second run refits
         assert engine.train(sid, "statistical").events(timeout=120)[-1].status == "complete"
-    out, _ = engine.infer(sid, {"cube": torch.zeros(1, 4, 4, 61, dtype=torch.uint16)}, ["decisions"])
+    out = engine.infer(sid, {"cube": torch.zeros(1, 4, 4, 61, dtype=torch.uint16)}, ["decisions"]).tensors
     assert out["decider.decisions"].shape == (1, 4, 4, 1)

@@ -76,13 +76,13 @@ def test_callbacks_build_from_config(tmp_path):
 
 def test_capabilities_param_specs_follow_the_pydantic_fields():
     caps = registry.capabilities()
-    names = [p["name"] for p in caps["optimizer_params"]]
+    names = [p.name for p in caps.optimizer_params]
     assert names == list(schemas.OptimizerConfig.model_fields)
-    betas = next(p for p in caps["optimizer_params"] if p["name"] == "betas")
-    assert betas["type"] == "list[float] | null" and betas["default_value"] == "null"
-    assert "adam" in betas["description"] and "sgd" not in betas["description"].split("used by:")[-1]
-    name = next(p for p in caps["scheduler_params"] if p["name"] == "name")
-    assert "one of: step, cosine, exponential, reduce_on_plateau" in name["validation"]
+    betas = next(p for p in caps.optimizer_params if p.name == "betas")
+    assert betas.type == "list[float] | null" and betas.default_value == "null"
+    assert "adam" in betas.description and "sgd" not in betas.description.split("used by:")[-1]
+    name = next(p for p in caps.scheduler_params if p.name == "name")
+    assert "one of: step, cosine, exponential, reduce_on_plateau" in name.validation
 
 
 # -- profiler ---------------------------------------------------------------------------------------
@@ -94,15 +94,15 @@ def test_profiler_moments_match_numpy(values):
     for v in values:
         profiler.record("n", "inference", v)
     (row,) = profiler.summary()
-    assert row["count"] == len(values)
-    assert row["mean_ms"] == pytest.approx(float(np.mean(values)), rel=1e-9, abs=1e-9)
-    assert row["total_ms"] == pytest.approx(float(np.sum(values)), rel=1e-9)
-    assert row["min_ms"] == min(values) and row["max_ms"] == max(values) and row["last_ms"] == values[-1]
+    assert row.count == len(values)
+    assert row.mean_ms == pytest.approx(float(np.mean(values)), rel=1e-9, abs=1e-9)
+    assert row.total_ms == pytest.approx(float(np.sum(values)), rel=1e-9)
+    assert row.min_ms == min(values) and row.max_ms == max(values) and row.last_ms == values[-1]
     expected_std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    assert row["std_ms"] == pytest.approx(expected_std, rel=1e-6, abs=1e-6)
+    assert row.std_ms == pytest.approx(expected_std, rel=1e-6, abs=1e-6)
     if len(values) <= 5:
-        assert row["median_ms"] == pytest.approx(statistics.median(values))
-    assert min(values) <= row["median_ms"] <= max(values)
+        assert row.median_ms == pytest.approx(statistics.median(values))
+    assert min(values) <= row.median_ms <= max(values)
 
 
 @pytest.mark.parametrize("dist", ["lognormal", "uniform", "exponential"])
@@ -132,7 +132,7 @@ def test_profiler_skip_reset_stage_filter_and_threads():
     for t in threads:
         t.join()
     profiler.record("a", "train", 5.0)
-    assert {r["stage"]: r["count"] for r in profiler.summary()} == {"inference": 398}
+    assert {r.stage: r.count for r in profiler.summary()} == {"inference": 398}
     assert profiler.summary("train") == []
     with pytest.raises(InvalidArgument):
         profiler.configure(True, skip_first_n=-1)
@@ -142,11 +142,11 @@ def test_profiler_skip_reset_stage_filter_and_threads():
     assert profiler.summary() == []
     with profiler.measure("b", "val"):
         pass
-    assert profiler.summary("val")[0]["count"] == 1
+    assert profiler.summary("val")[0].count == 1
     profiler.configure(False)
     with profiler.measure("b", "val"):
         pass
-    assert profiler.summary("val")[0]["count"] == 1
+    assert profiler.summary("val")[0].count == 1
 
 
 # -- calibration search -----------------------------------------------------------------------------
@@ -195,9 +195,10 @@ def test_binary_search_finds_the_brute_force_f1_optimum(seed):
 
 
 def test_a_decider_fed_by_nothing_is_skipped_as_nothing_wired(tmp_path):
-    from cuvis_cluster.engine.service import Engine, EngineConfig
+    from cuvis_cluster.engine.facade import Engine
     from cuvis_cluster.engine.training.calibration import run_calibration
     from cuvis_cluster.engine.training.run import TrainContext, TrainRun
+    from cuvis_cluster.engine.types import EngineConfig
 
     config = {
         "nodes": [
@@ -224,8 +225,8 @@ def test_a_decider_fed_by_nothing_is_skipped_as_nothing_wired(tmp_path):
     run = TrainRun(run_calibration, ctx).start()
     events = run.events(timeout=60)
     outcome = events[-1].calibration
-    assert events[-1].status == "complete" and outcome["applicable"], outcome["phase_detail"]
-    by_name = {d["name"]: d for d in outcome["deciders"]}
-    assert by_name["wired"]["status"] == "calibrated"
-    assert by_name["orphan"]["status"] == "skipped" and by_name["orphan"]["skip"] == "nothing_wired"
-    assert "not connected" in by_name["orphan"]["skip_detail"]
+    assert events[-1].status == "complete" and outcome.applicable, outcome.phase_detail
+    by_name = {d.name: d for d in outcome.deciders}
+    assert by_name["wired"].status == "calibrated"
+    assert by_name["orphan"].status == "skipped" and by_name["orphan"].skip == "nothing_wired"
+    assert "not connected" in by_name["orphan"].skip_detail

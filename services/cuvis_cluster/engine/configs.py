@@ -25,15 +25,20 @@ path, Hydra/YAML/override errors and validation failures -> InvalidArgument nami
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from pydantic import BaseModel
 
 from cuvis_cluster.engine import schemas
@@ -132,11 +137,6 @@ def _refuse_env(*_args: Any, **_kwargs: Any) -> Any:
 
 def compose(root: Path, config_name: str, overrides: Sequence[str], what: str) -> dict[str, Any]:
     """One Hydra compose under the module lock; any Hydra/YAML/override error -> InvalidArgument."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
     with _HYDRA_LOCK:
         # Files under the output root are written from client content (pipeline metadata, configs), so
         # no config may read the worker's environment (tokens, Redis passwords).
@@ -156,7 +156,8 @@ def compose(root: Path, config_name: str, overrides: Sequence[str], what: str) -
             GlobalHydra.instance().clear()
     if not isinstance(data, dict):
         raise InvalidArgument(f"{what}: the config is not a mapping", field="path")
-    return data
+    # OmegaConf types a container's keys loosely (str | int | Enum ...); a composed config's are names.
+    return typing.cast(dict[str, Any], data)
 
 
 _OVERRIDE_PARTS = re.compile(r"^(?P<mods>[+~]{0,2})(?P<key>[^=]*)(?P<rest>=.*)?$", re.S)
@@ -366,13 +367,6 @@ def translate_node_overrides(overrides: Sequence[str], nodes: Any, where: str) -
     return out
 
 
-def _read_yaml(file: Path) -> Any:
-    try:
-        return yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidArgument(f"{file.name}: not valid YAML: {_first_lines(exc, 2)}", field="path") from None
-
-
 def _compose_content(
     kind: str, root: Path, name: str, file: Path, overrides: Sequence[str], what: str
 ) -> dict[str, Any]:
@@ -507,6 +501,38 @@ def _find_pipeline_ref(
     )
 
 
-def load_yaml_config(file: Path) -> Any:
-    """Plain YAML read for files that are not composed (saved pipelines, restore)."""
-    return _read_yaml(file)
+def parse_payload(payload: bytes | str | Mapping[str, Any] | None, field: str) -> dict[str, Any]:
+    """A config a client sent: JSON (or YAML) bytes / text / dict -> dict; InvalidArgument naming
+    ``field`` when it is empty, not UTF-8, malformed or not an object."""
+    if payload is None:
+        raise InvalidArgument(f"{field}: the config is empty", field=field)
+    data: Any
+    if isinstance(payload, Mapping):
+        data = dict(payload)
+    else:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            try:
+                text = bytes(payload).decode("utf-8", errors="strict")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(
+                    f"{field}: not UTF-8 text (invalid byte at offset {exc.start}); send JSON or YAML",
+                    field=field,
+                ) from None
+        else:
+            text = str(payload)
+        if not text.strip():
+            raise InvalidArgument(f"{field}: the config is empty", field=field)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as json_exc:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise InvalidArgument(f"{field}: not valid JSON: {json_exc}", field=field) from None
+            if not isinstance(data, dict):
+                raise InvalidArgument(f"{field}: not valid JSON: {json_exc}", field=field) from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{field}: expected a JSON object, got {type(data).__name__}", field=field)
+    if not data:
+        raise InvalidArgument(f"{field}: the config is empty", field=field)
+    return data

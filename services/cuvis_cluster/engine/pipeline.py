@@ -12,7 +12,6 @@ executed node keyed ``"node.port"``.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from cuvis_cluster.engine import schemas
 from cuvis_cluster.engine.nodes.base import ANY_DTYPE, TORCH_DTYPES, Node, NodeRegistry, Port, Stage
 from cuvis_cluster.engine.types import TensorSpecInfo
+from cuvis_cluster.engine.weights import load_node_states
 from cuvis_cluster.errors import CuvisError, InvalidArgument, ResourceExhausted
 
 # Keys a batch (from a data module or an Inference request) may carry; they feed unconnected ports.
@@ -288,9 +288,6 @@ class Pipeline(nn.Module):
     def statistical_nodes(self) -> list[str]:
         return [n for n in self.order if self._node(n).has_statistical_init()]
 
-    def runs_in(self, name: str, stage: Stage) -> bool:
-        return stage in self._node(name).STAGES
-
     def resolve_names(self, names: Iterable[str], what: str = "nodes") -> list[str]:
         """Node names from a list of node names or node type names (upstream lists types)."""
         out: list[str] = []
@@ -325,9 +322,6 @@ class Pipeline(nn.Module):
         for n in resolved:
             self._node(n).freeze()
         return resolved
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
 
     # -- specs -----------------------------------------------------------------------------------
     def input_specs(self) -> list[TensorSpecInfo]:
@@ -467,7 +461,7 @@ class Pipeline(nn.Module):
         return self
 
     # -- execution -------------------------------------------------------------------------------
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         batch: Mapping[str, Any],
         stage: Stage = Stage.INFERENCE,
@@ -579,87 +573,13 @@ class Pipeline(nn.Module):
         return {"state_dict": state, "metadata": _plain(self.metadata)}
 
     def load_weights_payload(self, payload: Any, strict: bool = True) -> None:
-        if not isinstance(payload, Mapping) or not isinstance(payload.get("state_dict"), Mapping):
-            keys = list(payload.keys())[:5] if isinstance(payload, Mapping) else type(payload).__name__
-            raise InvalidArgument(
-                "weights: expected {'state_dict': {node: {name: tensor}}, 'metadata': {...}}, "
-                f"got {keys}",
-                field="weights",
-            )
-        given: Mapping[str, Any] = payload["state_dict"]
-        expected = {name: self._node(name).state_dict() for name in self.nodes}
-        missing = [f"{n}.{k}" for n, sd in expected.items() for k in sd if not _has(given, n, k)]
-        unexpected: list[str] = []
-        for n, part in given.items():
-            if n not in expected:
-                unexpected.append(f"{n} (no such node)")
-                continue
-            if not isinstance(part, Mapping):
-                raise InvalidArgument(f"weights: state of node {n!r} is not a mapping", field=f"weights.{n}")
-            unexpected.extend(f"{n}.{k}" for k in part if k not in expected[n])
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys: {', '.join(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys: {', '.join(unexpected)}")
-            raise InvalidArgument(
-                "weights do not match the pipeline (strict=true): " + "; ".join(parts), field="weights"
-            )
-        problems = []
-        plan: dict[str, dict[str, torch.Tensor]] = {}
-        for n, sd in expected.items():
-            part = given.get(n)
-            if not isinstance(part, Mapping):
-                continue
-            chosen = {}
-            for k, current in sd.items():
-                if k not in part:
-                    continue
-                value = part[k]
-                if not isinstance(value, torch.Tensor):
-                    problems.append(f"{n}.{k}: not a tensor")
-                elif tuple(value.shape) != tuple(current.shape):
-                    problems.append(
-                        f"{n}.{k}: shape {tuple(value.shape)} in the file, {tuple(current.shape)} here"
-                    )
-                else:
-                    chosen[k] = value
-            plan[n] = chosen
-        if problems:
-            raise InvalidArgument("weights do not fit the pipeline: " + "; ".join(problems), field="weights")
-        for n, chosen in plan.items():
-            if chosen:
-                self._node(n).load_state_dict(chosen, strict=False)
+        """Load a weights payload (see :mod:`cuvis_cluster.engine.weights`); its metadata is adopted when
+        the pipeline has none."""
+        load_node_states({name: self._node(name) for name in self.nodes}, payload, strict)
         if isinstance(payload.get("metadata"), Mapping) and not self.metadata:
             self.metadata = dict(payload["metadata"])
-
-
-def _has(given: Mapping[str, Any], node: str, key: str) -> bool:
-    part = given.get(node)
-    return isinstance(part, Mapping) and key in part
 
 
 def _spec(port: Port) -> str:
     dims = ",".join(str(d) for d in port.shape)
     return f"[{port.dtype if port.dtype != ANY_DTYPE else 'any'} {dims}]"
-
-
-def save_weights(payload: Mapping[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(dict(payload), buf)
-    return buf.getvalue()
-
-
-def read_weights(data: bytes | io.IOBase | str, what: str = "weights") -> Any:
-    """``torch.load(weights_only=True)``; anything that is not plain tensors/containers is refused."""
-    source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (not a zip), EOFError...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidArgument(
-            f"{what}: not a loadable weights file (only tensors and plain containers are accepted; "
-            f"torch.load with weights_only=True said: {text})",
-            field=what,
-        ) from None

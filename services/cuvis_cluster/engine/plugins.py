@@ -26,6 +26,7 @@ with an OK status, as upstream does.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import importlib.machinery
 import importlib.util
@@ -42,7 +43,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cuvis_cluster.engine.nodes.base import BUILTIN, Node, NodeRegistry, NodeType
+from cuvis_cluster.engine.nodes.base import BUILTIN, Node, NodeRegistry, NodeType, Port
+from cuvis_cluster.engine.types import NodeInfo, PluginInfo, PortSpec
 from cuvis_cluster.errors import InvalidArgument, NotFound, PermissionDenied
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -120,14 +122,14 @@ class LoadedPlugin:
     tags: list[str] = field(default_factory=list)
     description: str = ""
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": "local",
-            "source": str(self.source),
-            "tag": "",
-            "capabilities": sorted(self.classes),
-        }
+    def info(self) -> PluginInfo:
+        return PluginInfo(
+            name=self.name,
+            type="local",
+            source=str(self.source),
+            tag="",
+            capabilities=tuple(sorted(self.classes)),
+        )
 
 
 class PluginError(Exception):
@@ -320,16 +322,17 @@ class PluginManager:
     def plugins_of(session: Any) -> dict[str, LoadedPlugin]:
         return session.extras.setdefault("plugins", {})
 
-    def list(self, session: Any) -> list[dict[str, Any]]:
+    # ``list`` below shadows the builtin inside this class body, hence ``builtins.list`` in annotations.
+    def list(self, session: Any) -> builtins.list[PluginInfo]:
         return [p.info() for p in self.plugins_of(session).values()]
 
-    def info(self, session: Any, name: str) -> dict[str, Any]:
+    def info(self, session: Any, name: str) -> PluginInfo:
         plugin = self.plugins_of(session).get(name)
         if plugin is None:
             raise NotFound(f"plugin {name!r} is not loaded in session {session.id}", field="plugin_name")
         return plugin.info()
 
-    def list_nodes(self, session: Any | None) -> list[dict[str, Any]]:
+    def list_nodes(self, session: Any | None) -> builtins.list[NodeInfo]:
         registry: NodeRegistry = session.registry if session is not None else NodeRegistry()
         plugins = self.plugins_of(session) if session is not None else {}
         rows = []
@@ -354,18 +357,18 @@ class PluginManager:
         return len(roots)
 
 
-def port_dict(name: str, port: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "dtype": port.wire_dtype,
-        "shape": list(port.wire_shape),
-        "optional": bool(port.optional),
-        "description": port.description,
-        "variadic": bool(getattr(port, "variadic", False)),
-    }
+def port_spec(name: str, port: Port) -> PortSpec:
+    return PortSpec(
+        name=name,
+        dtype=port.wire_dtype,
+        shape=port.wire_shape,
+        optional=bool(port.optional),
+        description=port.description,
+        variadic=bool(getattr(port, "variadic", False)),
+    )
 
 
-def describe_node(cls: NodeType, plugin_name: str | None, entry: NodeEntry | None = None) -> dict[str, Any]:
+def describe_node(cls: NodeType, plugin_name: str | None, entry: NodeEntry | None = None) -> NodeInfo:
     """ListAvailableNodes entry for one node type."""
     module = cls.__module__
     if plugin_name and module.startswith(MODULE_PREFIX):
@@ -374,14 +377,14 @@ def describe_node(cls: NodeType, plugin_name: str | None, entry: NodeEntry | Non
     else:
         full_path = f"{module}.{cls.__qualname__}"
     tags = list(dict.fromkeys([*cls.TAGS, *(entry.tags if entry else [])]))
-    return {
-        "class_name": cls.type_name or cls.__name__,
-        "full_path": full_path,
-        "source": "plugin" if plugin_name else "builtin",
-        "plugin_name": plugin_name or "",
-        "inputs": {n: port_dict(n, p) for n, p in cls.INPUTS.items()},
-        "outputs": {n: port_dict(n, p) for n, p in cls.OUTPUTS.items()},
-        "category": (entry.category if entry and entry.category else cls.CATEGORY),
-        "tags": tags,
-        "description": cls.DESCRIPTION or (cls.__doc__ or "").strip().split("\n", 1)[0],
-    }
+    return NodeInfo(
+        class_name=cls.type_name or cls.__name__,
+        full_path=full_path,
+        source="plugin" if plugin_name else "builtin",
+        plugin_name=plugin_name or "",
+        inputs={n: port_spec(n, p) for n, p in cls.INPUTS.items()},
+        outputs={n: port_spec(n, p) for n, p in cls.OUTPUTS.items()},
+        category=(entry.category if entry and entry.category else cls.CATEGORY),
+        tags=tuple(tags),
+        description=cls.DESCRIPTION or (cls.__doc__ or "").strip().split("\n", 1)[0],
+    )

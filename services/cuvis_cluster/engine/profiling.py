@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cuvis_cluster.engine.types import NodeProfilingStats
 from cuvis_cluster.errors import InvalidArgument
 
 STAGE_NAMES = ("train", "val", "test", "inference")
@@ -194,8 +195,8 @@ class Profiler:
                 stats = self._stats[key] = NodeStats()
             stats.add(ms)
 
-    def summary(self, stage: object | None = None) -> list[dict]:
-        """One dict per recorded (node, stage), optionally only for ``stage``, in first-seen order."""
+    def summary(self, stage: object | None = None) -> list[NodeProfilingStats]:
+        """One row per recorded (node, stage), optionally only for ``stage``, in first-seen order."""
         wanted = None if stage is None else _stage_name(stage)
         if wanted is not None and wanted not in STAGE_NAMES:
             raise InvalidArgument(
@@ -207,17 +208,17 @@ class Profiler:
                 if wanted is not None and stage_name != wanted:
                     continue
                 rows.append(
-                    {
-                        "node_name": node,
-                        "stage": stage_name,
-                        "count": s.count,
-                        "mean_ms": s.mean,
-                        "median_ms": s.median.value,
-                        "std_ms": s.std,
-                        "min_ms": s.min if s.count else 0.0,
-                        "max_ms": s.max,
-                        "total_ms": s.total,
-                        "last_ms": s.last,
-                    }
+                    NodeProfilingStats(
+                        node_name=node,
+                        stage=stage_name,
+                        count=s.count,
+                        mean_ms=s.mean,
+                        median_ms=s.median.value,
+                        std_ms=s.std,
+                        min_ms=s.min if s.count else 0.0,
+                        max_ms=s.max,
+                        total_ms=s.total,
+                        last_ms=s.last,
+                    )
                 )
         return rows

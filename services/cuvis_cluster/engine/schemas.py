@@ -246,10 +246,10 @@ SCHEDULER_ALIASES = {
 
 class OptimizerConfig(_Strict):
     name: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0, le=1, description="Learning rate, in (0, 1].")
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0, description="SGD only.")
-    betas: tuple[float, float] | None = Field(None, description="Adam/AdamW betas.")
+    lr: float = Field(default=1e-3, gt=0, le=1, description="Learning rate, in (0, 1].")
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.0, ge=0, description="SGD only.")
+    betas: tuple[float, float] | None = Field(default=None, description="Adam/AdamW betas.")
     nesterov: bool = False
 
     @field_validator("name", mode="before")
@@ -268,21 +268,21 @@ class OptimizerConfig(_Strict):
 class SchedulerConfig(_Strict):
     name: Literal["step", "cosine", "exponential", "reduce_on_plateau"] = "reduce_on_plateau"
     interval: Literal["epoch", "step"] = "epoch"
-    frequency: int = Field(1, ge=1)
+    frequency: int = Field(default=1, ge=1)
     # step / exponential
-    step_size: int = Field(10, ge=1, description="step: epochs between decays.")
-    gamma: float = Field(0.1, gt=0, le=1, description="step/exponential: decay factor.")
+    step_size: int = Field(default=10, ge=1, description="step: epochs between decays.")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="step/exponential: decay factor.")
     # cosine
-    t_max: int | None = Field(None, ge=1, description="cosine: period (default: max_epochs).")
-    eta_min: float = Field(0.0, ge=0)
+    t_max: int | None = Field(default=None, ge=1, description="cosine: period (default: max_epochs).")
+    eta_min: float = Field(default=0.0, ge=0)
     # reduce_on_plateau
-    monitor: str = Field("val_loss", description="reduce_on_plateau: logged value to watch.")
+    monitor: str = Field(default="val_loss", description="reduce_on_plateau: logged value to watch.")
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(10, ge=0)
-    factor: float = Field(0.1, gt=0, lt=1)
-    threshold: float = Field(1e-4, ge=0)
-    cooldown: int = Field(0, ge=0)
-    min_lr: float = Field(0.0, ge=0)
+    patience: int = Field(default=10, ge=0)
+    factor: float = Field(default=0.1, gt=0, lt=1)
+    threshold: float = Field(default=1e-4, ge=0)
+    cooldown: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
 
     @field_validator("name", mode="before")
     @classmethod
@@ -295,9 +295,9 @@ class SchedulerConfig(_Strict):
 
 class EarlyStoppingConfig(_Strict):
     monitor: str = "val_loss"
-    patience: int = Field(3, ge=0)
+    patience: int = Field(default=3, ge=0)
     mode: Literal["min", "max"] = "min"
-    min_delta: float = Field(0.0, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
     stopping_threshold: float | None = None
     divergence_threshold: float | None = None
     check_finite: bool = True
@@ -306,10 +306,10 @@ class EarlyStoppingConfig(_Strict):
 class CheckpointConfig(_Strict):
     monitor: str | None = None
     mode: Literal["min", "max"] = "min"
-    save_top_k: int = Field(1, ge=-1)
+    save_top_k: int = Field(default=1, ge=-1)
     save_last: bool = False
-    every_n_epochs: int | None = Field(None, ge=1)
-    dirpath: str | None = Field(None, description="Relative to the output root.")
+    every_n_epochs: int | None = Field(default=None, ge=1)
+    dirpath: str | None = Field(default=None, description="Relative to the output root.")
     filename: str | None = None
 
 
@@ -334,21 +334,21 @@ class CallbacksConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    max_epochs: int = Field(5, ge=1)
-    max_steps: int = Field(-1, ge=-1)
+    max_epochs: int = Field(default=5, ge=1)
+    max_steps: int = Field(default=-1, ge=-1)
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     precision: str | int = "32-true"
-    gradient_clip_val: float | None = Field(None, ge=0)
+    gradient_clip_val: float | None = Field(default=None, ge=0)
     gradient_clip_algorithm: Literal["norm", "value"] | None = None
-    accumulate_grad_batches: int = Field(1, ge=1)
-    log_every_n_steps: int = Field(1, ge=1)
-    check_val_every_n_epoch: int | None = Field(1, ge=1)
+    accumulate_grad_batches: int = Field(default=1, ge=1)
+    log_every_n_steps: int = Field(default=1, ge=1)
+    check_val_every_n_epoch: int | None = Field(default=1, ge=1)
     val_check_interval: float | int | None = None
     limit_train_batches: float | int | None = None
     limit_val_batches: float | int | None = None
     limit_test_batches: float | int | None = None
-    num_sanity_val_steps: int | None = Field(0, ge=-1)
+    num_sanity_val_steps: int | None = Field(default=0, ge=-1)
     deterministic: bool | Literal["warn"] | None = None
     benchmark: bool | None = None
     enable_progress_bar: bool = False

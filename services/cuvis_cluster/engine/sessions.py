@@ -8,6 +8,7 @@ idle) and frees their memory, including ``torch.cuda.empty_cache`` when CUDA is 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gc
 import logging
@@ -21,6 +22,9 @@ from typing import Any, Protocol
 import torch
 
 from cuvis_cluster.engine.nodes.base import NodeRegistry
+from cuvis_cluster.engine.pipeline import Pipeline
+from cuvis_cluster.engine.training.run import TrainRun
+from cuvis_cluster.engine.types import JsonObject, ProgressEvent
 from cuvis_cluster.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -86,12 +90,12 @@ class Session:
         self.last_used = now
         self.search_paths: list[Path] = list(search_paths)
         self.registry = NodeRegistry()
-        self.pipeline: Any = None  # engine.pipeline.Pipeline
-        self.trainrun: dict[str, Any] | None = None  # validated TrainRunConfig (JSON form)
-        self.data_config: dict[str, Any] | None = None
-        self.training_config: dict[str, Any] | None = None
-        self.train_run: Any = None  # the current or last engine.training.run.TrainRun
-        self.last_event: Any = None  # latest ProgressEvent of any run
+        self.pipeline: Pipeline | None = None
+        self.trainrun: JsonObject | None = None  # validated TrainRunConfig (JSON form)
+        self.data_config: JsonObject | None = None
+        self.training_config: JsonObject | None = None
+        self.train_run: TrainRun | None = None  # the current or last run
+        self.last_event: ProgressEvent | None = None  # latest event of any run
         # Free-form per-session state for the plugin, profiling and trainer modules.
         self.extras: dict[str, Any] = {}
         self.lock = RWLock()
@@ -206,11 +210,6 @@ class SessionManager:
         with self._lock:
             self._listeners.append(listener)
 
-    def remove_listener(self, listener: SessionListener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
     # -- lifecycle -------------------------------------------------------------------------------
     def create(self, owner: str | None = None) -> Session:
         with self._lock:
@@ -265,7 +264,7 @@ class SessionManager:
         free_memory()
 
     # -- idle expiry -----------------------------------------------------------------------------
-    def reap(self, now: float | None = None) -> list[str]:
+    def reap(self, now: float | None = None) -> builtins.list[str]:  # `list` is a method here
         """Close every session idle for longer than the timeout; returns their ids."""
         now = time.time() if now is None else now
         expired = [

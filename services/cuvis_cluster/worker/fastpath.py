@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from cuvis_cluster.errors import InvalidArgument
 from cuvis_cluster.wire.fastwire import (
     FastInferenceRequest,
@@ -24,6 +27,7 @@ from cuvis_cluster.wire.fastwire import (
     view_torch,
 )
 from cuvis_cluster.wire.pb import pb
+from cuvis_cluster.worker import messages
 
 __all__ = [
     "FastInferenceRequest",
@@ -40,19 +44,19 @@ __all__ = [
 _PROMPT_FIELDS = ("bboxes", "points", "text_prompt")
 
 
-def to_array(request: FastInferenceRequest, view: TensorView, *, field: str) -> Any:
+def to_array(request: FastInferenceRequest, view: TensorView, *, field: str) -> np.ndarray:
     """Validate like :func:`codec.decode` and return a read-only numpy view into the request buffer."""
     return view_array(request.buffer, view, field=field)
 
 
-def to_torch(request: FastInferenceRequest, view: TensorView, *, field: str) -> Any:
-    return view_torch(request.buffer, view, field=field)
+def to_torch(request: FastInferenceRequest, view: TensorView, *, field: str) -> torch.Tensor:
+    """A CPU tensor sharing the request buffer's memory (read-only), validated like :func:`to_array`."""
+    tensor: torch.Tensor = view_torch(request.buffer, view, field=field)
+    return tensor
 
 
 def inference_inputs(request: FastInferenceRequest) -> dict[str, Any]:
     """The engine's input dict, with the same names and rules as ``messages.inference_inputs``."""
-    from cuvis_cluster.worker import messages
-
     inputs: dict[str, Any] = {}
     for name in messages.TENSOR_INPUTS:
         view = request.tensors.get(name)
@@ -83,7 +87,7 @@ class InferenceReply:
     data: bytes
 
     @classmethod
-    def build(cls, tensors: dict[str, Any], metrics: dict[str, float]) -> InferenceReply:
+    def build(cls, tensors: dict[str, torch.Tensor], metrics: dict[str, float]) -> InferenceReply:
         return cls(encode_inference_response(tensors, metrics))
 
     def SerializeToString(self) -> bytes:  # the name grpc's generated serializers use

@@ -10,8 +10,24 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
+from cuvis_cluster.engine.types import (
+    CalibrationOutcome,
+    CheckpointRestore,
+    DeciderCalibration,
+    EvaluationOutcome,
+    NodeInfo,
+    NodeProfilingStats,
+    ParamSpec,
+    PipelineEntry,
+    PipelineMetadata,
+    PluginInfo,
+    PortSpec,
+    ProgressEvent,
+    TensorSpecInfo,
+    TrainingCapabilities,
+)
 from cuvis_cluster.errors import InvalidArgument
 from cuvis_cluster.wire import codec
 from cuvis_cluster.wire.pb import pb
@@ -21,7 +37,7 @@ TRAINER_TYPES: dict[int, str] = {
     pb.TRAINER_TYPE_GRADIENT: "gradient",
     pb.TRAINER_TYPE_CALIBRATION: "calibration",
 }
-STAGE_TO_WIRE: dict[str, int] = {
+STAGE_TO_WIRE: dict[str, pb.ExecutionStage] = {
     "train": pb.EXECUTION_STAGE_TRAIN,
     "val": pb.EXECUTION_STAGE_VAL,
     "validation": pb.EXECUTION_STAGE_VAL,
@@ -34,7 +50,7 @@ WIRE_TO_STAGE: dict[int, str] = {
     pb.EXECUTION_STAGE_TEST: "test",
     pb.EXECUTION_STAGE_INFERENCE: "inference",
 }
-TRAIN_STATUS: dict[str, int] = {
+TRAIN_STATUS: dict[str, pb.TrainStatus] = {
     "running": pb.TRAIN_STATUS_RUNNING,
     "complete": pb.TRAIN_STATUS_COMPLETE,
     "error": pb.TRAIN_STATUS_ERROR,
@@ -48,17 +64,29 @@ POINT_TYPES: dict[int, str] = {
 }
 
 
-def enum_value(enum: Any, prefix: str, name: str | None) -> int:
-    """``enum_value(pb.TrainHook, "TRAIN_HOOK_", "fit_start")`` -> ``TRAIN_HOOK_FIT_START``; 0 if unknown."""
-    if not name:
-        return 0
-    try:
-        return enum.Value(prefix + str(name).upper())
-    except ValueError:
-        return 0
+WireEnum = TypeVar("WireEnum", bound=int)
 
 
-def stage(name: str | None) -> int:
+class _EnumLookup(Protocol):
+    """A generated enum at run time (an ``EnumTypeWrapper``): values looked up by name."""
+
+    def Value(self, name: str) -> int: ...
+
+
+def enum_value(enum: type[WireEnum], prefix: str, name: str | None) -> WireEnum:
+    """``enum_value(pb.TrainHook, "TRAIN_HOOK_", "fit_start")`` -> ``TRAIN_HOOK_FIT_START``; 0 (every proto3
+    enum's UNSPECIFIED) if unknown."""
+    number = 0
+    if name:
+        try:
+            number = cast(_EnumLookup, enum).Value(prefix + str(name).upper())
+        except ValueError:
+            number = 0
+    # The stubs type a looked-up value as a plain int; it is a value of ``enum``.
+    return cast(WireEnum, number)
+
+
+def stage(name: str | None) -> pb.ExecutionStage:
     return STAGE_TO_WIRE.get((name or "").lower(), pb.EXECUTION_STAGE_UNSPECIFIED)
 
 
@@ -146,47 +174,43 @@ def inference_inputs(batch: pb.InputBatch) -> dict[str, Any]:
     return inputs
 
 
-def metadata_dict(meta: pb.PipelineMetadata) -> dict[str, Any]:
-    return {
-        "name": meta.name,
-        "description": meta.description,
-        "created": meta.created,
-        "cuvis_ai_version": meta.cuvis_ai_version,
-        "tags": list(meta.tags),
-        "author": meta.author,
-    }
+def metadata_from_wire(meta: pb.PipelineMetadata) -> PipelineMetadata:
+    return PipelineMetadata(
+        name=meta.name,
+        description=meta.description,
+        created=meta.created,
+        tags=tuple(meta.tags),
+        author=meta.author,
+        cuvis_ai_version=meta.cuvis_ai_version,
+    )
 
 
 # -------------------------------------------------------------------------------------------------
 # engine -> replies
 
 
-def pipeline_metadata(meta: Mapping[str, Any] | None) -> pb.PipelineMetadata:
-    meta = meta or {}
-    tags = meta.get("tags") or []
-    if isinstance(tags, str):
-        tags = [tags]
+def pipeline_metadata(meta: PipelineMetadata) -> pb.PipelineMetadata:
     return pb.PipelineMetadata(
-        name=str(meta.get("name") or ""),
-        description=str(meta.get("description") or ""),
-        created=str(meta.get("created") or ""),
-        cuvis_ai_version=str(meta.get("cuvis_ai_version") or ""),
-        tags=[str(t) for t in tags],
-        author=str(meta.get("author") or ""),
+        name=meta.name,
+        description=meta.description,
+        created=meta.created,
+        cuvis_ai_version=meta.cuvis_ai_version,
+        tags=list(meta.tags),
+        author=meta.author,
     )
 
 
-def pipeline_info(info: Mapping[str, Any]) -> pb.PipelineInfo:
+def pipeline_info(entry: PipelineEntry) -> pb.PipelineInfo:
     return pb.PipelineInfo(
-        pipeline_path=str(info.get("pipeline_path") or ""),
-        resolved_path=str(info.get("resolved_path") or ""),
-        metadata=pipeline_metadata(info.get("metadata")),
-        weights_path=str(info.get("weights_path") or ""),
-        yaml_content=str(info.get("yaml_content") or ""),
+        pipeline_path=entry.pipeline_path,
+        resolved_path=entry.resolved_path,
+        metadata=pipeline_metadata(entry.metadata),
+        weights_path=entry.weights_path,
+        yaml_content=entry.yaml_content,
     )
 
 
-def tensor_spec(spec: Any) -> pb.TensorSpec:
+def tensor_spec(spec: TensorSpecInfo) -> pb.TensorSpec:
     return pb.TensorSpec(
         name=spec.name,
         shape=[int(d) if isinstance(d, int) else -1 for d in spec.shape],
@@ -195,7 +219,7 @@ def tensor_spec(spec: Any) -> pb.TensorSpec:
     )
 
 
-def progress(event: Any) -> pb.TrainResponse:
+def progress(event: ProgressEvent) -> pb.TrainResponse:
     """A ``ProgressEvent`` as a ``TrainResponse``; ``event`` is set only when the engine marked a hook."""
     reply = pb.TrainResponse(
         context=pb.Context(
@@ -215,12 +239,18 @@ def progress(event: Any) -> pb.TrainResponse:
     return reply
 
 
-def train_event(event: Any) -> pb.TrainEvent | None:
-    has_detail = any(
-        getattr(event, name, None)
-        for name in ("hook", "split", "progress", "epochs", "node", "checkpoint", "calibration", "evaluation")
+def train_event(event: ProgressEvent) -> pb.TrainEvent | None:
+    details = (
+        event.hook,
+        event.split,
+        event.progress,
+        event.epochs,
+        event.node,
+        event.checkpoint,
+        event.calibration,
+        event.evaluation,
     )
-    if not has_detail and not event.calibration_pending:
+    if not any(details) and not event.calibration_pending:
         return None
     out = pb.TrainEvent(
         hook=enum_value(pb.TrainHook, "TRAIN_HOOK_", event.hook),
@@ -234,165 +264,149 @@ def train_event(event: Any) -> pb.TrainEvent | None:
     if event.epochs is not None:
         current, total = event.epochs
         out.epochs.CopyFrom(pb.EpochProgress(current=int(current), total=int(total or 0)))
-    if event.checkpoint:
+    if event.checkpoint is not None:
         out.checkpoint.CopyFrom(checkpoint(event.checkpoint))
-    if event.calibration:
+    if event.calibration is not None:
         out.calibration.CopyFrom(calibration(event.calibration))
-    if event.evaluation:
+    if event.evaluation is not None:
         out.evaluation.CopyFrom(evaluation(event.evaluation))
     return out
 
 
-def checkpoint(info: Mapping[str, Any]) -> pb.CheckpointRestored:
+def checkpoint(info: CheckpointRestore) -> pb.CheckpointRestored:
     out = pb.CheckpointRestored(
-        restored=bool(info.get("restored")),
-        path=str(info.get("path") or ""),
-        epoch=int(info.get("epoch") or 0),
-        monitor=str(info.get("monitor") or ""),
-        reason=str(info.get("reason") or ""),
+        restored=info.restored,
+        path=info.path,
+        epoch=int(info.epoch),
+        monitor=info.monitor,
+        reason=info.reason,
     )
-    score = info.get("score")
-    if score is not None and math.isfinite(float(score)):
-        out.score = float(score)
+    if info.score is not None and math.isfinite(info.score):
+        out.score = float(info.score)
     return out
 
 
-def calibration(info: Mapping[str, Any]) -> pb.CalibrationOutcome:
+def calibration(info: CalibrationOutcome) -> pb.CalibrationOutcome:
     return pb.CalibrationOutcome(
-        split=stage(info.get("split")),
-        applicable=bool(info.get("applicable")),
-        phase_skip=enum_value(pb.CalibrationPhaseSkip, "CALIBRATION_PHASE_SKIP_", info.get("phase_skip")),
-        phase_detail=str(info.get("phase_detail") or ""),
-        frames=int(info.get("frames") or 0),
-        anomalous_frames=int(info.get("anomalous_frames") or 0),
-        deciders=[decider(d) for d in info.get("deciders") or []],
+        split=stage(info.split),
+        applicable=info.applicable,
+        phase_skip=enum_value(pb.CalibrationPhaseSkip, "CALIBRATION_PHASE_SKIP_", info.phase_skip),
+        phase_detail=info.phase_detail,
+        frames=int(info.frames),
+        anomalous_frames=int(info.anomalous_frames),
+        deciders=[decider(d) for d in info.deciders],
     )
 
 
-def decider(info: Mapping[str, Any]) -> pb.DeciderCalibration:
+def decider(info: DeciderCalibration) -> pb.DeciderCalibration:
     thresholds = {}
-    for name, change in (info.get("thresholds") or {}).items():
-        item = pb.ThresholdChange(after=float(change.get("after") or 0.0))
-        if change.get("before") is not None:
-            item.before = float(change["before"])
-        thresholds[str(name)] = item
+    for name, change in info.thresholds.items():
+        item = pb.ThresholdChange(after=float(change.after))
+        if change.before is not None:
+            item.before = float(change.before)
+        thresholds[name] = item
     return pb.DeciderCalibration(
-        name=str(info.get("name") or ""),
-        class_name=str(info.get("class_name") or ""),
-        status=enum_value(pb.DeciderCalibrationStatus, "DECIDER_CALIBRATION_STATUS_", info.get("status")),
-        skip=enum_value(pb.DeciderSkip, "DECIDER_SKIP_", info.get("skip")),
-        skip_detail=str(info.get("skip_detail") or ""),
+        name=info.name,
+        class_name=info.class_name,
+        status=enum_value(pb.DeciderCalibrationStatus, "DECIDER_CALIBRATION_STATUS_", info.status),
+        skip=enum_value(pb.DeciderSkip, "DECIDER_SKIP_", info.skip),
+        skip_detail=info.skip_detail,
         thresholds=thresholds,
-        metrics=floats(info.get("metrics")),
-        thresholds_present=bool(info.get("thresholds_present")),
+        metrics=floats(info.metrics),
+        thresholds_present=info.thresholds_present,
     )
 
 
-def evaluation(info: Mapping[str, Any]) -> pb.EvaluationOutcome:
+def evaluation(info: EvaluationOutcome) -> pb.EvaluationOutcome:
     return pb.EvaluationOutcome(
-        split=stage(info.get("split")),
-        status=enum_value(pb.EvaluationStatus, "EVALUATION_STATUS_", info.get("status")),
-        frames=int(info.get("frames") or 0),
-        metrics=floats(info.get("metrics")),
-        error=str(info.get("error") or ""),
+        split=stage(info.split),
+        status=enum_value(pb.EvaluationStatus, "EVALUATION_STATUS_", info.status),
+        frames=int(info.frames),
+        metrics=floats(info.metrics),
+        error=info.error,
     )
 
 
-def param_spec(info: Mapping[str, Any]) -> pb.ParamSpec:
-    default = info.get("default_value", info.get("default"))
+def param_spec(spec: ParamSpec) -> pb.ParamSpec:
     return pb.ParamSpec(
-        name=str(info.get("name") or ""),
-        type=str(info.get("type") or ""),
-        required=bool(info.get("required")),
-        default_value="" if default is None else str(default),
-        description=str(info.get("description") or ""),
-        validation=str(info.get("validation") or ""),
+        name=spec.name,
+        type=spec.type,
+        required=spec.required,
+        default_value=spec.default_value,
+        description=spec.description,
+        validation=spec.validation,
     )
 
 
-def capabilities(caps: Mapping[str, Any]) -> pb.GetTrainingCapabilitiesResponse:
+def capabilities(caps: TrainingCapabilities) -> pb.GetTrainingCapabilitiesResponse:
     return pb.GetTrainingCapabilitiesResponse(
-        supported_optimizers=[str(o) for o in caps.get("optimizers") or []],
-        supported_schedulers=[str(s) for s in caps.get("schedulers") or []],
+        supported_optimizers=list(caps.optimizers),
+        supported_schedulers=list(caps.schedulers),
         supported_callbacks=[
             pb.CallbackTypeInfo(
-                type=str(cb.get("type") or ""),
-                description=str(cb.get("description") or ""),
-                parameters=[param_spec(p) for p in cb.get("parameters") or []],
+                type=cb.type,
+                description=cb.description,
+                parameters=[param_spec(p) for p in cb.parameters],
             )
-            for cb in caps.get("callbacks") or []
+            for cb in caps.callbacks
         ],
-        optimizer_params=pb.OptimizerParamsSchema(
-            parameters=[param_spec(p) for p in caps.get("optimizer_params") or []]
-        ),
-        scheduler_params=pb.SchedulerParamsSchema(
-            parameters=[param_spec(p) for p in caps.get("scheduler_params") or []]
-        ),
+        optimizer_params=pb.OptimizerParamsSchema(parameters=[param_spec(p) for p in caps.optimizer_params]),
+        scheduler_params=pb.SchedulerParamsSchema(parameters=[param_spec(p) for p in caps.scheduler_params]),
     )
 
 
-def plugin_info(info: Mapping[str, Any]) -> pb.PluginInfo:
+def plugin_info(info: PluginInfo) -> pb.PluginInfo:
     return pb.PluginInfo(
-        name=str(info.get("name") or ""),
-        type=str(info.get("type") or ""),
-        source=str(info.get("source") or ""),
-        tag=str(info.get("tag") or ""),
-        capabilities=[str(c) for c in info.get("capabilities") or []],
+        name=info.name,
+        type=info.type,
+        source=info.source,
+        tag=info.tag,
+        capabilities=list(info.capabilities),
     )
 
 
-def _port_spec(name: str, port: Any) -> pb.PortSpec:
-    if not isinstance(port, Mapping):  # a nodes.base.Port
-        port = {
-            "dtype": getattr(port, "wire_dtype", getattr(port, "dtype", "float32")),
-            "shape": getattr(port, "shape", ()),
-            "optional": getattr(port, "optional", False),
-            "description": getattr(port, "description", ""),
-        }
-    dtype = str(port.get("dtype") or "float32")
+def _port_spec(port: PortSpec) -> pb.PortSpec:
     return pb.PortSpec(
-        name=str(port.get("name") or name),
-        dtype=codec.spec_dtype("float32" if dtype == "any" else dtype),
-        shape=[int(d) if isinstance(d, int) else -1 for d in port.get("shape") or ()],
-        optional=bool(port.get("optional")),
-        description=str(port.get("description") or ""),
-        variadic=bool(port.get("variadic")),
+        name=port.name,
+        dtype=codec.spec_dtype(port.dtype),
+        shape=list(port.shape),
+        optional=port.optional,
+        description=port.description,
+        variadic=port.variadic,
     )
 
 
-def _ports(ports: Any) -> dict[str, pb.PortSpec]:
-    if isinstance(ports, Mapping):
-        return {str(name): _port_spec(str(name), port) for name, port in ports.items()}
-    return {str(p["name"]): _port_spec(str(p["name"]), p) for p in ports or []}
+def _ports(ports: Mapping[str, PortSpec]) -> dict[str, pb.PortSpec]:
+    return {name: _port_spec(port) for name, port in ports.items()}
 
 
-def node_info(info: Mapping[str, Any]) -> pb.NodeInfo:
-    icon = info.get("icon_svg") or b""
+def node_info(info: NodeInfo) -> pb.NodeInfo:
     return pb.NodeInfo(
-        class_name=str(info.get("class_name") or ""),
-        full_path=str(info.get("full_path") or info.get("class_name") or ""),
-        source=str(info.get("source") or ""),
-        plugin_name=str(info.get("plugin_name") or ""),
-        input_specs=_ports(info.get("inputs", info.get("input_specs"))),
-        output_specs=_ports(info.get("outputs", info.get("output_specs"))),
-        icon_svg=icon.encode() if isinstance(icon, str) else bytes(icon),
-        category=enum_value(pb.NodeCategory, "NODE_CATEGORY_", info.get("category")),
-        tags=[t for t in (enum_value(pb.NodeTag, "NODE_TAG_", tag) for tag in info.get("tags") or []) if t],
+        class_name=info.class_name,
+        full_path=info.full_path or info.class_name,
+        source=info.source,
+        plugin_name=info.plugin_name,
+        input_specs=_ports(info.inputs),
+        output_specs=_ports(info.outputs),
+        icon_svg=info.icon_svg,
+        category=enum_value(pb.NodeCategory, "NODE_CATEGORY_", info.category),
+        tags=[t for t in (enum_value(pb.NodeTag, "NODE_TAG_", tag) for tag in info.tags) if t],
     )
 
 
-def profiling_stats(items: Iterable[Mapping[str, Any]]) -> list[pb.NodeProfilingStats]:
-    out = []
-    for item in items:
-        out.append(
-            pb.NodeProfilingStats(
-                node_name=str(item.get("node_name") or item.get("node") or ""),
-                stage=stage(item.get("stage")),
-                count=int(item.get("count") or 0),
-                **{
-                    key: float(item.get(key) or 0.0)
-                    for key in ("mean_ms", "median_ms", "std_ms", "min_ms", "max_ms", "total_ms", "last_ms")
-                },
-            )
+def profiling_stats(items: Iterable[NodeProfilingStats]) -> list[pb.NodeProfilingStats]:
+    return [
+        pb.NodeProfilingStats(
+            node_name=item.node_name,
+            stage=stage(item.stage),
+            count=item.count,
+            mean_ms=item.mean_ms,
+            median_ms=item.median_ms,
+            std_ms=item.std_ms,
+            min_ms=item.min_ms,
+            max_ms=item.max_ms,
+            total_ms=item.total_ms,
+            last_ms=item.last_ms,
         )
-    return out
+        for item in items
+    ]

@@ -1,7 +1,7 @@
 """``cuvis_ai.v1.CuvisAIService`` over the engine: decode, call the engine, encode.
 
 No behaviour lives here. Each handler turns request fields into plain Python values, calls one
-:class:`~cuvis_cluster.engine.service.Engine` method, and builds the reply. Every exception goes
+:class:`~cuvis_cluster.engine.api.EngineAPI` method, and builds the reply. Every exception goes
 through :func:`cuvis_cluster.wire.status.abort_with`, the one error->status table, so a domain error
 keeps its code and message and anything else becomes INTERNAL with a logged request id.
 
@@ -23,14 +23,14 @@ from typing import Any
 import grpc
 
 from cuvis_cluster.common.telemetry import WorkerMetrics
+from cuvis_cluster.engine.api import EngineAPI, TrainStream
 from cuvis_cluster.errors import Cancelled, CuvisError, InvalidArgument
+from cuvis_cluster.routing.metadata import OWNER_METADATA
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb, pb_grpc
 from cuvis_cluster.wire.status import abort_with, status_for
 from cuvis_cluster.worker import fastpath, messages
 
 log = logging.getLogger(__name__)
-
-OWNER_METADATA = "x-cuvis-owner"
 
 
 def owner_of(context: grpc.ServicerContext) -> str | None:
@@ -59,72 +59,90 @@ def _unary(method: Callable) -> Callable:
 
 
 class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
-    """The public service on one worker; ``engine`` is an ``Engine`` (or anything with its methods)."""
+    """The public service on one worker over an :class:`EngineAPI` (the engine facade, or a stand-in)."""
 
-    def __init__(self, engine: Any, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(self, engine: EngineAPI, metrics: WorkerMetrics | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
-        self._active_runs = 0
-        self._runs_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------- discovery
     @_unary
-    def ListAvailablePipelines(self, request, context):
+    def ListAvailablePipelines(
+        self, request: pb.ListAvailablePipelinesRequest, context: grpc.ServicerContext
+    ) -> pb.ListAvailablePipelinesResponse:
         tag = request.filter_tag if request.HasField("filter_tag") and request.filter_tag else None
         found = self.engine.list_pipelines(tag)
         return pb.ListAvailablePipelinesResponse(pipelines=[messages.pipeline_info(p) for p in found])
 
     @_unary
-    def GetPipelineInfo(self, request, context):
+    def GetPipelineInfo(
+        self, request: pb.GetPipelineInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetPipelineInfoResponse:
         info = self.engine.pipeline_info(request.pipeline_path)
         return pb.GetPipelineInfoResponse(pipeline_info=messages.pipeline_info(info))
 
     # ----------------------------------------------------------------------------------- sessions
     @_unary
-    def CreateSession(self, request, context):
+    def CreateSession(
+        self, request: pb.CreateSessionRequest, context: grpc.ServicerContext
+    ) -> pb.CreateSessionResponse:
         return pb.CreateSessionResponse(session_id=self.engine.create_session(owner=owner_of(context)))
 
     @_unary
-    def SetSessionSearchPaths(self, request, context):
+    def SetSessionSearchPaths(
+        self, request: pb.SetSessionSearchPathsRequest, context: grpc.ServicerContext
+    ) -> pb.SetSessionSearchPathsResponse:
         append = request.append if request.HasField("append") else True
-        current, rejected = self.engine.set_search_paths(
-            request.session_id, list(request.search_paths), append
-        )
+        paths = self.engine.set_search_paths(request.session_id, list(request.search_paths), append)
         return pb.SetSessionSearchPathsResponse(
-            success=True, current_paths=[str(p) for p in current], rejected_paths=[str(p) for p in rejected]
+            success=True, current_paths=list(paths.current), rejected_paths=list(paths.rejected)
         )
 
     @_unary
-    def CloseSession(self, request, context):
+    def CloseSession(
+        self, request: pb.CloseSessionRequest, context: grpc.ServicerContext
+    ) -> pb.CloseSessionResponse:
         self.engine.close_session(request.session_id)
         return pb.CloseSessionResponse(success=True)
 
     # ------------------------------------------------------------------------------------ configs
     @_unary
-    def ResolveConfig(self, request, context):
+    def ResolveConfig(
+        self, request: pb.ResolveConfigRequest, context: grpc.ServicerContext
+    ) -> pb.ResolveConfigResponse:
         resolved = self.engine.resolve_config(
             request.session_id or None, request.config_type, request.path, list(request.overrides)
         )
         return pb.ResolveConfigResponse(config_bytes=_json_bytes(resolved))
 
     @_unary
-    def GetParameterSchema(self, request, context):
+    def GetParameterSchema(
+        self, request: pb.GetParameterSchemaRequest, context: grpc.ServicerContext
+    ) -> pb.GetParameterSchemaResponse:
         schema = self.engine.parameter_schema(request.config_type)
         return pb.GetParameterSchemaResponse(json_schema=json.dumps(schema, default=str))
 
     @_unary
-    def ValidateConfig(self, request, context):
-        valid, errors, warnings = self.engine.validate_config(request.config_type, request.config_bytes)
-        return pb.ValidateConfigResponse(valid=bool(valid), errors=list(errors), warnings=list(warnings))
+    def ValidateConfig(
+        self, request: pb.ValidateConfigRequest, context: grpc.ServicerContext
+    ) -> pb.ValidateConfigResponse:
+        result = self.engine.validate_config(request.config_type, request.config_bytes)
+        return pb.ValidateConfigResponse(
+            valid=result.valid, errors=list(result.errors), warnings=list(result.warnings)
+        )
 
     # ---------------------------------------------------------------------------------- pipelines
     @_unary
-    def LoadPipeline(self, request, context):
+    def LoadPipeline(
+        self, request: pb.LoadPipelineRequest, context: grpc.ServicerContext
+    ) -> pb.LoadPipelineResponse:
         metadata = self.engine.load_pipeline(request.session_id, request.pipeline.config_bytes)
         return pb.LoadPipelineResponse(success=True, metadata=messages.pipeline_metadata(metadata))
 
     @_unary
-    def LoadPipelineWeights(self, request, context):
+    def LoadPipelineWeights(
+        self, request: pb.LoadPipelineWeightsRequest, context: grpc.ServicerContext
+    ) -> pb.LoadPipelineWeightsResponse:
         source = request.WhichOneof("weights_source")
         if source is None:
             raise InvalidArgument(
@@ -138,24 +156,28 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
         return pb.LoadPipelineWeightsResponse(success=True, resolved_path=str(resolved or ""))
 
     @_unary
-    def SavePipeline(self, request, context):
-        metadata = messages.metadata_dict(request.metadata) if request.HasField("metadata") else None
-        yaml_path, weights_path = self.engine.save_pipeline(
-            request.session_id, request.pipeline_path, metadata
-        )
+    def SavePipeline(
+        self, request: pb.SavePipelineRequest, context: grpc.ServicerContext
+    ) -> pb.SavePipelineResponse:
+        metadata = messages.metadata_from_wire(request.metadata) if request.HasField("metadata") else None
+        saved = self.engine.save_pipeline(request.session_id, request.pipeline_path, metadata)
         return pb.SavePipelineResponse(
-            success=True, pipeline_path=str(yaml_path), weights_path=str(weights_path)
+            success=True, pipeline_path=saved.pipeline_path, weights_path=saved.weights_path
         )
 
     @_unary
-    def GetPipelineInputs(self, request, context):
+    def GetPipelineInputs(
+        self, request: pb.GetPipelineInputsRequest, context: grpc.ServicerContext
+    ) -> pb.GetPipelineInputsResponse:
         specs = self.engine.pipeline_inputs(request.session_id)
         return pb.GetPipelineInputsResponse(
             input_names=[s.name for s in specs], input_specs={s.name: messages.tensor_spec(s) for s in specs}
         )
 
     @_unary
-    def GetPipelineOutputs(self, request, context):
+    def GetPipelineOutputs(
+        self, request: pb.GetPipelineOutputsRequest, context: grpc.ServicerContext
+    ) -> pb.GetPipelineOutputsResponse:
         specs = self.engine.pipeline_outputs(request.session_id)
         return pb.GetPipelineOutputsResponse(
             output_names=[s.name for s in specs],
@@ -163,19 +185,23 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
         )
 
     @_unary
-    def GetPipelineVisualization(self, request, context):
-        image, fmt = self.engine.visualize(
+    def GetPipelineVisualization(
+        self, request: pb.GetPipelineVisualizationRequest, context: grpc.ServicerContext
+    ) -> pb.GetPipelineVisualizationResponse:
+        picture = self.engine.visualize(
             request.session_id or None, request.format or "png", request.config_content or None
         )
-        return pb.GetPipelineVisualizationResponse(image_data=bytes(image), format=str(fmt))
+        return pb.GetPipelineVisualizationResponse(image_data=bytes(picture.image), format=picture.format)
 
     # ----------------------------------------------------------------------------------- training
     @_unary
-    def SetTrainRunConfig(self, request, context):
+    def SetTrainRunConfig(
+        self, request: pb.SetTrainRunConfigRequest, context: grpc.ServicerContext
+    ) -> pb.SetTrainRunConfigResponse:
         from_config = self.engine.set_trainrun(request.session_id, request.config.config_bytes)
         return pb.SetTrainRunConfigResponse(success=True, pipeline_from_config=bool(from_config))
 
-    def Train(self, request, context) -> Iterator[pb.TrainResponse]:
+    def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainResponse]:
         """Stream the run's events; exactly one terminal message, then the matching status.
 
         A client that cancels or disconnects cancels the run, so the session is free again; the same
@@ -200,7 +226,7 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
         yield from self._stream_run(run, trainer, context)
 
     def _stream_run(
-        self, run: Any, trainer: str, context: grpc.ServicerContext
+        self, run: TrainStream, trainer: str, context: grpc.ServicerContext
     ) -> Iterator[pb.TrainResponse]:
         finished = threading.Event()
 
@@ -259,36 +285,44 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
             self.metrics.training_runs.labels(trainer, outcome).inc()
 
     @_unary
-    def StopTrain(self, request, context):
-        accepted, message = self.engine.stop_train(request.session_id)
-        return pb.StopTrainResponse(accepted=bool(accepted), message=str(message or ""))
+    def StopTrain(self, request: pb.StopTrainRequest, context: grpc.ServicerContext) -> pb.StopTrainResponse:
+        stopped = self.engine.stop_train(request.session_id)
+        return pb.StopTrainResponse(accepted=stopped.accepted, message=stopped.message)
 
     @_unary
-    def GetTrainStatus(self, request, context):
+    def GetTrainStatus(
+        self, request: pb.GetTrainStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetTrainStatusResponse:
         event = self.engine.train_status(request.session_id)
         latest = pb.TrainResponse() if event is None else messages.progress(event)
         return pb.GetTrainStatusResponse(latest_progress=latest)
 
     @_unary
-    def GetTrainingCapabilities(self, request, context):
+    def GetTrainingCapabilities(
+        self, request: pb.GetTrainingCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> pb.GetTrainingCapabilitiesResponse:
         return messages.capabilities(self.engine.training_capabilities())
 
     # --------------------------------------------------------------------------------- train runs
     @_unary
-    def SaveTrainRun(self, request, context):
-        trainrun, pipeline, weights = self.engine.save_trainrun(
+    def SaveTrainRun(
+        self, request: pb.SaveTrainRunRequest, context: grpc.ServicerContext
+    ) -> pb.SaveTrainRunResponse:
+        saved = self.engine.save_trainrun(
             request.session_id, request.trainrun_path, bool(request.save_weights)
         )
         return pb.SaveTrainRunResponse(
             success=True,
-            trainrun_path=str(trainrun),
-            pipeline_path=str(pipeline),
-            weights_path=str(weights or ""),
+            trainrun_path=saved.trainrun_path,
+            pipeline_path=saved.pipeline_path,
+            weights_path=saved.weights_path,
         )
 
     @_unary
-    def RestoreTrainRun(self, request, context):
-        session_id, config = self.engine.restore_trainrun(
+    def RestoreTrainRun(
+        self, request: pb.RestoreTrainRunRequest, context: grpc.ServicerContext
+    ) -> pb.RestoreTrainRunResponse:
+        restored = self.engine.restore_trainrun(
             request.trainrun_path,
             request.weights_path if request.HasField("weights_path") else None,
             request.strict if request.HasField("strict") else True,
@@ -296,12 +330,15 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
             owner_of(context),
         )
         return pb.RestoreTrainRunResponse(
-            session_id=session_id, trainrun=pb.TrainRunConfig(config_bytes=_json_bytes(config))
+            session_id=restored.session_id,
+            trainrun=pb.TrainRunConfig(config_bytes=_json_bytes(restored.config)),
         )
 
     # ---------------------------------------------------------------------------------- inference
     @_unary
-    def Inference(self, request, context):
+    def Inference(
+        self, request: pb.InferenceRequest | fastpath.FastInferenceRequest, context: grpc.ServicerContext
+    ) -> fastpath.InferenceReply:
         if isinstance(request, fastpath.FastInferenceRequest):
             session_id, output_filter = request.session_id, request.output_specs
             inputs = fastpath.inference_inputs(request)
@@ -309,42 +346,54 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
             session_id, output_filter = request.session_id, list(request.output_specs)
             inputs = messages.inference_inputs(request.inputs)
         started = time.perf_counter()
-        tensors, scalars = self.engine.infer(session_id, inputs, output_filter)
+        result = self.engine.infer(session_id, inputs, output_filter)
         if self.metrics is not None:
             self.metrics.inference_latency.observe(time.perf_counter() - started)
         # Serialized by grpc straight from the tensors (one copy each), see fastpath.InferenceReply.
-        return fastpath.InferenceReply.build(tensors, messages.floats(scalars))
+        return fastpath.InferenceReply.build(result.tensors, messages.floats(result.metrics))
 
     # ------------------------------------------------------------------------------------ plugins
     @_unary
-    def LoadPlugin(self, request, context):
-        name, error = self.engine.load_plugin(request.session_id, request.manifest.config_bytes)
-        return pb.LoadPluginResponse(registered_plugin=str(name or ""), error=str(error or ""))
+    def LoadPlugin(
+        self, request: pb.LoadPluginRequest, context: grpc.ServicerContext
+    ) -> pb.LoadPluginResponse:
+        loaded = self.engine.load_plugin(request.session_id, request.manifest.config_bytes)
+        return pb.LoadPluginResponse(registered_plugin=loaded.name, error=loaded.error)
 
     @_unary
-    def ListLoadedPlugins(self, request, context):
+    def ListLoadedPlugins(
+        self, request: pb.ListLoadedPluginsRequest, context: grpc.ServicerContext
+    ) -> pb.ListLoadedPluginsResponse:
         plugins = self.engine.list_plugins(request.session_id)
         return pb.ListLoadedPluginsResponse(plugins=[messages.plugin_info(p) for p in plugins])
 
     @_unary
-    def GetPluginInfo(self, request, context):
+    def GetPluginInfo(
+        self, request: pb.GetPluginInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetPluginInfoResponse:
         info = self.engine.plugin_info(request.session_id, request.plugin_name)
         return pb.GetPluginInfoResponse(plugin=messages.plugin_info(info))
 
     @_unary
-    def ListAvailableNodes(self, request, context):
+    def ListAvailableNodes(
+        self, request: pb.ListAvailableNodesRequest, context: grpc.ServicerContext
+    ) -> pb.ListAvailableNodesResponse:
         nodes = self.engine.list_nodes(request.session_id or None)
         return pb.ListAvailableNodesResponse(nodes=[messages.node_info(n) for n in nodes])
 
     @_unary
-    def ClearPluginCache(self, request, context):
+    def ClearPluginCache(
+        self, request: pb.ClearPluginCacheRequest, context: grpc.ServicerContext
+    ) -> pb.ClearPluginCacheResponse:
         return pb.ClearPluginCacheResponse(
             cleared_count=int(self.engine.clear_plugin_cache(request.plugin_name or None))
         )
 
     # ---------------------------------------------------------------------------------- profiling
     @_unary
-    def SetProfiling(self, request, context):
+    def SetProfiling(
+        self, request: pb.SetProfilingRequest, context: grpc.ServicerContext
+    ) -> pb.SetProfilingResponse:
         enabled = self.engine.set_profiling(
             request.session_id,
             request.enabled,
@@ -355,7 +404,9 @@ class CuvisAIServicer(pb_grpc.CuvisAIServiceServicer):
         return pb.SetProfilingResponse(profiling_enabled=bool(enabled))
 
     @_unary
-    def GetProfilingSummary(self, request, context):
+    def GetProfilingSummary(
+        self, request: pb.GetProfilingSummaryRequest, context: grpc.ServicerContext
+    ) -> pb.GetProfilingSummaryResponse:
         stage = messages.WIRE_TO_STAGE.get(request.stage) if request.HasField("stage") else None
         if request.HasField("stage") and stage is None:
             raise InvalidArgument(

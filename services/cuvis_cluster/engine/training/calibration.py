@@ -22,13 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from cuvis_cluster.engine.nodes.base import Node, Stage
 from cuvis_cluster.engine.training.run import TrainContext
-from cuvis_cluster.engine.types import ProgressEvent
+from cuvis_cluster.engine.types import (
+    CalibrationOutcome,
+    DeciderCalibration,
+    ProgressEvent,
+    ThresholdChange,
+)
 from cuvis_cluster.errors import CuvisError
 
 QUANTILE_CANDIDATES = sorted(
@@ -56,6 +61,24 @@ def confusion(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str,
 
 
 # -------------------------------------------------------------------------------------------------
+# the calibration contract of a decider node (see engine/nodes/deciders.py); plugin deciders follow it
+# without subclassing, so it is checked structurally
+# -------------------------------------------------------------------------------------------------
+@runtime_checkable
+class ScoringDecider(Protocol):
+    """A decider whose decisions are ``calibration_scores(**inputs) >= threshold``."""
+
+    def calibration_scores(self, **inputs: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TunableDecider(Protocol):
+    """A decider whose thresholds can be set."""
+
+    def set_thresholds(self, **values: float) -> None: ...
+
+
+# -------------------------------------------------------------------------------------------------
 # per-decider accumulators
 # -------------------------------------------------------------------------------------------------
 class BinarySearch:
@@ -63,7 +86,7 @@ class BinarySearch:
 
     param = "threshold"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ScoringDecider) -> None:
         self.node = node
         self.scores: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
@@ -181,7 +204,7 @@ class DeciderPlan:
     input_port: str
     source: tuple[str, str] | None  # (node, port) feeding the input, None when a batch key feeds it
     target: tuple[str, str] | None  # (node, port) of the anomaly mask it is judged against
-    search: Any = None
+    search: BinarySearch | QuantileSearch | None = None
     skip: str = "none"
     skip_detail: str = ""
     thresholds_before: dict[str, float] = field(default_factory=dict)
@@ -219,7 +242,7 @@ def plan_decider(pipeline: Any, name: str) -> DeciderPlan:
     if source is None:
         plan.skip = "nothing_wired"
         plan.skip_detail = f"input {port!r} of {name} is not connected to any node"
-    elif type_name == "BinaryDecider" or hasattr(node, "calibration_scores"):
+    elif isinstance(node, ScoringDecider):  # BinaryDecider and plugin deciders that expose their scores
         plan.search = BinarySearch(node)
     elif type_name == "QuantileBinaryDecider" or "quantile" in plan.thresholds_before:
         plan.search = QuantileSearch(node, plan.thresholds_before.get("quantile", 0.995))
@@ -231,38 +254,38 @@ def plan_decider(pipeline: Any, name: str) -> DeciderPlan:
 
 def _decider_report(
     plan: DeciderPlan, status: str, after: dict[str, float] | None, metrics: dict[str, float]
-) -> dict:
+) -> DeciderCalibration:
     thresholds = {
-        k: {"before": v, "after": (after or {}).get(k, v)} for k, v in plan.thresholds_before.items()
+        k: ThresholdChange(before=v, after=(after or {}).get(k, v)) for k, v in plan.thresholds_before.items()
     }
-    return {
-        "name": plan.name,
-        "class_name": plan.node.type_name,
-        "status": status,
-        "skip": plan.skip if status == "skipped" else "none",
-        "skip_detail": plan.skip_detail if status == "skipped" else "",
-        "thresholds": thresholds,
-        "metrics": metrics,
-        "thresholds_present": bool(plan.thresholds_before),
-    }
+    return DeciderCalibration(
+        name=plan.name,
+        class_name=plan.node.type_name,
+        status=status,
+        skip=plan.skip if status == "skipped" else "none",
+        skip_detail=plan.skip_detail if status == "skipped" else "",
+        thresholds=thresholds,
+        metrics=metrics,
+        thresholds_present=bool(plan.thresholds_before),
+    )
 
 
 def _outcome(
-    applicable: bool, skip: str, detail: str, frames: int, anomalous: int, deciders: list[dict]
-) -> dict:
-    return {
-        "split": "val",
-        "applicable": applicable,
-        "phase_skip": skip,
-        "phase_detail": detail,
-        "frames": frames,
-        "anomalous_frames": anomalous,
-        "deciders": deciders,
-    }
+    applicable: bool, skip: str, detail: str, frames: int, anomalous: int, deciders: list[DeciderCalibration]
+) -> CalibrationOutcome:
+    return CalibrationOutcome(
+        split="val",
+        applicable=applicable,
+        phase_skip=skip,
+        phase_detail=detail,
+        frames=frames,
+        anomalous_frames=anomalous,
+        deciders=tuple(deciders),
+    )
 
 
-def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
-    """Run the calibration; returns the CalibrationOutcome dict (and emits the calibration hooks)."""
+def calibrate(ctx: TrainContext, split: str = "val") -> CalibrationOutcome:
+    """Run the calibration; returns its outcome (and emits the calibration hooks)."""
     pipeline = ctx.pipeline
     names = deciders_of(pipeline)
     plans = [plan_decider(pipeline, n) for n in names]
@@ -276,7 +299,7 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
         )
     )
 
-    def finish(outcome: dict[str, Any]) -> dict[str, Any]:
+    def finish(outcome: CalibrationOutcome) -> CalibrationOutcome:
         ctx.emit(
             ProgressEvent(
                 status="running",
@@ -284,12 +307,12 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
                 hook="calibration_end",
                 split=split,
                 calibration=outcome,
-                message=outcome["phase_detail"] or "calibration done",
+                message=outcome.phase_detail or "calibration done",
             )
         )
         return outcome
 
-    def skipped_all(reason: str, detail: str) -> list[dict]:
+    def skipped_all(reason: str, detail: str) -> list[DeciderCalibration]:
         out = []
         for p in plans:
             if p.skip == "none":
@@ -337,7 +360,7 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
                 bs = int(batch["cube"].shape[0]) if isinstance(batch.get("cube"), torch.Tensor) else 1
                 frame_mask: torch.Tensor | None = None
                 for p in active:
-                    assert p.target is not None and p.source is not None
+                    assert p.target is not None and p.source is not None and p.search is not None
                     target = out.get(f"{p.target[0]}.{p.target[1]}")
                     value = out.get(f"{p.source[0]}.{p.source[1]}")
                     if target is None:
@@ -384,7 +407,7 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
             _outcome(False, "single_class", detail, frames, anomalous, skipped_all("single_class", detail))
         )
 
-    reports = []
+    reports: list[DeciderCalibration] = []
     for p in plans:
         if p.search is None:
             reports.append(_decider_report(p, "skipped", None, {}))
@@ -399,6 +422,7 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
         before = p.thresholds_before.get(p.search.param, 0.5)
         try:
             after, m_before, m_after = p.search.solve(before)
+            assert isinstance(p.node, TunableDecider)  # the deciders' contract; a node breaking it is a bug
             p.node.set_thresholds(**{p.search.param: after})
         except CuvisError as exc:
             p.skip, p.skip_detail = "calibrate_failed", exc.message
@@ -408,7 +432,7 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
             f"{k}_after": v for k, v in m_after.items()
         }
         reports.append(_decider_report(p, "calibrated", {p.search.param: after}, metrics))
-    done = sum(r["status"] == "calibrated" for r in reports)
+    done = sum(r.status == "calibrated" for r in reports)
     detail = f"calibrated {done} of {len(reports)} decider(s) on {frames} {split} frame(s) by maximising F1"
     return finish(_outcome(True, "none", detail, frames, anomalous, reports))
 
@@ -416,9 +440,9 @@ def calibrate(ctx: TrainContext, split: str = "val") -> dict[str, Any]:
 def run_calibration(ctx: TrainContext) -> ProgressEvent:
     outcome = calibrate(ctx, "val")
     metrics: dict[str, float] = {}
-    for report in outcome["deciders"]:
-        for key, value in report["metrics"].items():
-            metrics[f"{report['name']}/{key}"] = value
+    for report in outcome.deciders:
+        for key, value in report.metrics.items():
+            metrics[f"{report.name}/{key}"] = value
     return ProgressEvent(
         status="complete",
         stage="val",
@@ -426,5 +450,5 @@ def run_calibration(ctx: TrainContext) -> ProgressEvent:
         hook="calibration_end",
         metrics=metrics,
         calibration=outcome,
-        message="Calibration complete: " + outcome["phase_detail"],
+        message="Calibration complete: " + outcome.phase_detail,
     )

@@ -1,13 +1,8 @@
 """Train(GRADIENT): the session's pipeline trained end to end with Lightning.
 
-:class:`PipelineModule` is a ``LightningModule`` around the session's
-:class:`~cuvis_cluster.engine.pipeline.Pipeline`:
-
-* ``training_step`` runs ``pipeline.forward(batch, Stage.TRAIN)`` and minimises the sum of the loss nodes'
-  ``loss`` outputs (the train run's ``loss_nodes``); it logs ``train_loss`` and ``train/<loss node>``;
-* ``validation_step`` runs the VAL stage and logs ``val_loss``, ``val/<loss node>`` and every metric node's
-  values as ``<metric node>/<metric>`` (the names EarlyStopping/ModelCheckpoint monitors use);
-* optimizer and scheduler come from :mod:`.registry` (the same entries GetTrainingCapabilities lists).
+The model is :class:`~.lightning_module.PipelineModule`, a ``LightningModule`` around the session's
+:class:`~cuvis_cluster.engine.pipeline.Pipeline`; the work after fit (checkpoint restore, evaluation of the
+val and test splits) lives in :mod:`.post_fit`.
 
 :func:`run_gradient` is the trainer function the :class:`~cuvis_cluster.engine.training.run.TrainRun` runs in
 its background thread. It validates the plan (loss nodes, trainable parameters, statistical fitting), applies
@@ -23,21 +18,22 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from cuvis_cluster.engine import schemas
-from cuvis_cluster.engine.nodes.base import Node, Stage
 from cuvis_cluster.engine.training import registry
 from cuvis_cluster.engine.training.callbacks import MemoryLogger, ProgressCallback
+from cuvis_cluster.engine.training.lightning_module import PipelineModule, metric_ports
+from cuvis_cluster.engine.training.post_fit import evaluate_split, restore_best
 from cuvis_cluster.engine.training.run import RunCancelled, TrainContext
-from cuvis_cluster.engine.types import ProgressEvent
+from cuvis_cluster.engine.types import EvaluationOutcome, ProgressEvent
 from cuvis_cluster.errors import CuvisError, FailedPrecondition, InvalidArgument, PermissionDenied
 
 # A server must not chat: Lightning's info lines ("GPU available...", "Seed set to...") and its hints
@@ -55,116 +51,6 @@ for _pattern in (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
 ):
     warnings.filterwarnings("ignore", message=_pattern)
-
-
-# -------------------------------------------------------------------------------------------------
-# the LightningModule
-# -------------------------------------------------------------------------------------------------
-def batch_size_of(batch: Mapping[str, Any]) -> int:
-    for key in ("cube", "frame_id", "mask"):
-        value = batch.get(key)
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return 1
-
-
-def metric_ports(node: Node) -> list[str]:
-    return [name for name, port in node.output_ports().items() if port.kind == "metrics"]
-
-
-class PipelineModule(pl.LightningModule):
-    """A ``LightningModule`` whose model is the pipeline graph and whose loss is the sum of its loss nodes."""
-
-    def __init__(
-        self,
-        pipeline: Any,
-        loss_nodes: list[str],
-        metric_nodes: list[str],
-        training: schemas.TrainingConfig,
-        steps_per_epoch: int = 1,
-    ) -> None:
-        super().__init__()
-        self.pipeline = pipeline
-        self.loss_nodes = list(loss_nodes)
-        self.metric_nodes = list(metric_nodes)
-        self.training_config = training
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self._metric_ports = {n: metric_ports(pipeline.node(n)) for n in self.metric_nodes}
-
-    # -- one step, any stage ---------------------------------------------------------------------
-    def run_stage(
-        self, batch: Mapping[str, Any], stage: Stage
-    ) -> tuple[torch.Tensor | None, dict, dict, int]:
-        out = self.pipeline(batch, stage)
-        losses: dict[str, torch.Tensor] = {}
-        for name in self.loss_nodes:
-            value = out.get(f"{name}.loss")
-            if value is not None:
-                losses[name] = value
-        total = torch.stack([v.reshape(()) for v in losses.values()]).sum() if losses else None
-        metrics: dict[str, torch.Tensor] = {}
-        for name, ports in self._metric_ports.items():
-            for port in ports:
-                values = out.get(f"{name}.{port}")
-                if isinstance(values, Mapping):
-                    for key, value in values.items():
-                        metrics[f"{name}/{key}"] = value
-        return total, losses, metrics, batch_size_of(batch)
-
-    def _log_all(self, prefix: str, total: torch.Tensor | None, losses: dict, metrics: dict, bs: int) -> None:
-        if total is not None:
-            self.log(f"{prefix}_loss", total.detach(), on_step=False, on_epoch=True, batch_size=bs)
-        for name, value in losses.items():
-            self.log(f"{prefix}/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)
-        for key, value in metrics.items():
-            name = key if prefix == "val" else f"{prefix}/{key}"
-            self.log(name, value, on_step=False, on_epoch=True, batch_size=bs)
-
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        total, losses, metrics, bs = self.run_stage(batch, Stage.TRAIN)
-        missing = [n for n in self.loss_nodes if n not in losses]
-        if missing:
-            raise InvalidArgument(
-                f"loss_nodes: {', '.join(map(repr, missing))} produced no loss in the TRAIN stage; "
-                "their inputs were not available (does the train split carry masks, and are the loss nodes "
-                "wired?)",
-                field="loss_nodes",
-            )
-        assert total is not None
-        if not total.requires_grad:
-            raise InvalidArgument(
-                f"loss_nodes: the loss of {', '.join(self.loss_nodes)} does not depend on any trainable "
-                "parameter; unfreeze a node upstream of the loss (unfreeze_nodes)",
-                field="unfreeze_nodes",
-            )
-        self._log_all("train", total, losses, metrics, bs)
-        detached = {"total": total.detach(), **{n: v.detach() for n, v in losses.items()}}
-        return {"loss": total, "losses": detached, "metrics": metrics, "batch_size": bs}
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        total, losses, metrics, bs = self.run_stage(batch, Stage.VAL)
-        self._log_all("val", total, losses, metrics, bs)
-        detached = {n: v.detach() for n, v in losses.items()}
-        if total is not None:
-            detached = {"total": total.detach(), **detached}
-        return {"losses": detached, "metrics": metrics, "batch_size": bs}
-
-    def on_train_epoch_start(self) -> None:
-        for node in self.pipeline.nodes.values():
-            node.on_epoch_start(self.current_epoch)
-
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.pipeline.parameters() if p.requires_grad]
-        optimizer = registry.build_optimizer(params, self.training_config.optimizer)
-        if self.training_config.scheduler is None:
-            return optimizer
-        scheduler = registry.build_scheduler(
-            optimizer,
-            self.training_config.scheduler,
-            self.training_config.trainer.max_epochs,
-            self.steps_per_epoch,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -309,7 +195,7 @@ class TrainableState:
 # -------------------------------------------------------------------------------------------------
 def output_path(ctx: TrainContext, relative: str, field_name: str) -> Path:
     """``relative`` under the engine's output root (symlinks resolved); PermissionDenied on escapes."""
-    root = Path(ctx.engine.config.output_dir).expanduser().resolve()
+    root = Path(ctx.resources.output_dir).expanduser().resolve()
     target = (root / relative).resolve() if not Path(relative).is_absolute() else Path(relative).resolve()
     if target != root and not target.is_relative_to(root):
         raise PermissionDenied(f"{field_name}: {relative!r} lies outside the output root", field=field_name)
@@ -365,136 +251,6 @@ def _lightning_error(exc: BaseException) -> CuvisError | None:
     return None
 
 
-def _weighted_means(sums: dict[str, float], weights: dict[str, int]) -> dict[str, float]:
-    return {k: sums[k] / max(weights[k], 1) for k in sums}
-
-
-def evaluate_split(
-    ctx: TrainContext,
-    module: PipelineModule,
-    loader: Iterable[Mapping[str, Any]] | None,
-    split: str,
-    emit: Callable[[ProgressEvent], None] | None = None,
-    epoch: int = 0,
-    global_step: int = 0,
-) -> dict[str, Any]:
-    """Run the pipeline on a split without gradients; EvaluationOutcome as a dict (also emitted as hooks)."""
-    emit = emit or ctx.emit
-    stage = Stage.VAL if split == "val" else Stage.TEST
-    frames_total = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
-
-    def _end(outcome: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        emit(
-            ProgressEvent(
-                status="running",
-                stage=split,
-                epoch=epoch,
-                global_step=global_step,
-                hook="evaluation_end",
-                split=split,
-                evaluation=outcome,
-                **extra,
-            )
-        )
-        return outcome
-
-    if loader is None or frames_total == 0:
-        outcome = {"split": split, "status": "no_split", "frames": 0, "metrics": {}, "error": ""}
-        return _end(outcome, message=f"no {split} split to evaluate")
-    emit(
-        ProgressEvent(
-            status="running",
-            stage=split,
-            epoch=epoch,
-            global_step=global_step,
-            hook="evaluation_start",
-            split=split,
-            progress=(0, frames_total),
-        )
-    )
-    pipeline = module.pipeline
-    was_training = pipeline.training
-    pipeline.eval()
-    sums: dict[str, float] = {}
-    weights: dict[str, int] = {}
-    done = 0
-    try:
-        with torch.no_grad():
-            for batch_idx, batch in enumerate(loader):
-                ctx.check_cancelled()
-                total, losses, metrics, bs = module.run_stage(batch, stage)
-                values = {f"{split}/{n}": v for n, v in losses.items()}
-                if total is not None:
-                    values[f"{split}_loss"] = total
-                values.update(metrics)
-                floats = {k: float(v) for k, v in values.items()}
-                for key, value in floats.items():
-                    sums[key] = sums.get(key, 0.0) + value * bs
-                    weights[key] = weights.get(key, 0) + bs
-                done += bs
-                emit(
-                    ProgressEvent(
-                        status="running",
-                        stage=split,
-                        epoch=epoch,
-                        batch_idx=batch_idx,
-                        global_step=global_step,
-                        hook="evaluation_progress",
-                        split=split,
-                        progress=(min(done, frames_total), frames_total),
-                        metrics=floats,
-                    )
-                )
-    except RunCancelled:
-        raise
-    except CuvisError as exc:
-        outcome = {"split": split, "status": "failed", "frames": done, "metrics": {}, "error": exc.message}
-        return _end(outcome, message=exc.message)
-    finally:
-        pipeline.train(was_training)
-    metrics = _weighted_means(sums, weights)
-    outcome = {"split": split, "status": "evaluated", "frames": done, "metrics": metrics, "error": ""}
-    return _end(outcome, metrics=metrics, progress=(done, frames_total))
-
-
-def _restore_best(
-    ctx: TrainContext, module: PipelineModule, checkpoint: Any, trainer: pl.Trainer
-) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
-    monitor = checkpoint.monitor or ""
-    if not monitor:
-        return {
-            "restored": False,
-            "path": checkpoint.last_model_path or "",
-            "epoch": trainer.current_epoch,
-            "monitor": "",
-            "score": None,
-            "reason": "no monitor configured: the final weights are kept",
-        }
-    path = checkpoint.best_model_path
-    if not path or not Path(path).is_file():
-        return {
-            "restored": False,
-            "path": "",
-            "epoch": trainer.current_epoch,
-            "monitor": monitor,
-            "score": None,
-            "reason": f"no checkpoint was saved for {monitor}",
-        }
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"], strict=True)
-    score = checkpoint.best_model_score
-    return {
-        "restored": True,
-        "path": str(path),
-        "epoch": int(state.get("epoch", trainer.current_epoch)),
-        "monitor": monitor,
-        "score": None if score is None else float(score),
-        "reason": f"best {monitor} ({checkpoint.mode})",
-    }
-
-
 # -------------------------------------------------------------------------------------------------
 # the trainer function
 # -------------------------------------------------------------------------------------------------
@@ -504,7 +260,7 @@ def build_trainer(
     session_part = _safe_component(str(getattr(ctx.session, "id", "session")))
     root_dir = output_path(ctx, f"lightning/{session_part}", "output_dir")
     kwargs = trainer_kwargs(plan.training, ctx.pipeline.device)
-    has_checkpoint = any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
+    has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     enable_ckpt = plan.training.trainer.enable_checkpointing
     if enable_ckpt and not has_checkpoint:
         enable_ckpt = False  # no default ModelCheckpoint writing into the root dir unless configured
@@ -593,8 +349,8 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
             pipeline.to_device(device)
         ctx.check_cancelled()
 
-        checkpoint_cb = next((c for c in user_callbacks if type(c).__name__ == "ModelCheckpoint"), None)
-        restored = _restore_best(ctx, module, checkpoint_cb, trainer)
+        checkpoint_cb = next((c for c in user_callbacks if isinstance(c, ModelCheckpoint)), None)
+        restored = restore_best(module, checkpoint_cb, trainer)
         epoch, step = trainer.current_epoch, trainer.global_step
         if restored is not None:
             ctx.emit(
@@ -605,16 +361,16 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
                     global_step=step,
                     hook="checkpoint_restored",
                     checkpoint=restored,
-                    message=("restored " if restored["restored"] else "not restored: ") + restored["reason"],
+                    message=("restored " if restored.restored else "not restored: ") + restored.reason,
                 )
             )
-        evaluations = {}
+        evaluations: dict[str, EvaluationOutcome] = {}
         for split, loader in (("val", val_loader), ("test", test_loader)):
             evaluations[split] = evaluate_split(ctx, module, loader, split, epoch=epoch, global_step=step)
         losses = progress.last_train_losses
         metrics = {k: v for k, v in progress.last_val.items() if k != "total"}
         # the final message: last validation values as logged, the test evaluation under "test/..."
-        for key, value in (evaluations["test"].get("metrics") or {}).items():
+        for key, value in evaluations["test"].metrics.items():
             metrics[key if key.startswith("test") else f"test/{key}"] = value
         return ProgressEvent(
             status="complete",

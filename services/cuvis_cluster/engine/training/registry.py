@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from cuvis_cluster.engine import schemas
+from cuvis_cluster.engine.types import CallbackInfo, ParamSpec, TrainingCapabilities
 from cuvis_cluster.errors import InvalidArgument
 
 
@@ -320,21 +321,21 @@ def _default_text(info: FieldInfo) -> str:
     return json.dumps(default)
 
 
-def param_specs(model: type[BaseModel], only: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """ParamSpec dicts {name, type, required, default_value, description, validation} of a model's fields."""
+def param_specs(model: type[BaseModel], only: Iterable[str] | None = None) -> list[ParamSpec]:
+    """The ParamSpecs of a model's fields (all of them, or those named in ``only``)."""
     wanted = list(only) if only is not None else list(model.model_fields)
     out = []
     for name in wanted:
         info = model.model_fields[name]
         out.append(
-            {
-                "name": name,
-                "type": _type_name(info.annotation),
-                "required": info.is_required(),
-                "default_value": _default_text(info),
-                "description": info.description or "",
-                "validation": _validation(info.annotation, info),
-            }
+            ParamSpec(
+                name=name,
+                type=_type_name(info.annotation),
+                required=info.is_required(),
+                default_value=_default_text(info),
+                description=info.description or "",
+                validation=_validation(info.annotation, info),
+            )
         )
     return out
 
@@ -344,25 +345,22 @@ def _used_by(entries: dict[str, Entry], field_name: str) -> str:
     return "" if len(users) == len(entries) else f" (used by: {', '.join(users)})"
 
 
-def capabilities() -> dict[str, Any]:
+def _with_users(specs: list[ParamSpec], entries: dict[str, Entry]) -> tuple[ParamSpec, ...]:
+    """Each spec's description followed by the entries that read the field, unless all of them do."""
+    return tuple(replace(p, description=(p.description + _used_by(entries, p.name)).strip()) for p in specs)
+
+
+def capabilities() -> TrainingCapabilities:
     """The GetTrainingCapabilities payload."""
-    optimizer_params = [
-        p | {"description": (p["description"] + _used_by(OPTIMIZERS, p["name"])).strip()}
-        for p in param_specs(schemas.OptimizerConfig)
-    ]
-    scheduler_params = [
-        p | {"description": (p["description"] + _used_by(SCHEDULERS, p["name"])).strip()}
-        for p in param_specs(schemas.SchedulerConfig)
-    ]
-    return {
-        "optimizers": list(OPTIMIZERS),
-        "optimizer_descriptions": {e.name: e.description for e in OPTIMIZERS.values()},
-        "schedulers": list(SCHEDULERS),
-        "scheduler_descriptions": {e.name: e.description for e in SCHEDULERS.values()},
-        "callbacks": [
-            {"type": e.name, "description": e.description, "parameters": param_specs(e.model)}
+    return TrainingCapabilities(
+        optimizers=tuple(OPTIMIZERS),
+        optimizer_descriptions={e.name: e.description for e in OPTIMIZERS.values()},
+        schedulers=tuple(SCHEDULERS),
+        scheduler_descriptions={e.name: e.description for e in SCHEDULERS.values()},
+        callbacks=tuple(
+            CallbackInfo(type=e.name, description=e.description, parameters=tuple(param_specs(e.model)))
             for e in CALLBACKS.values()
-        ],
-        "optimizer_params": optimizer_params,
-        "scheduler_params": scheduler_params,
-    }
+        ),
+        optimizer_params=_with_users(param_specs(schemas.OptimizerConfig), OPTIMIZERS),
+        scheduler_params=_with_users(param_specs(schemas.SchedulerConfig), SCHEDULERS),
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from cuvis_cluster.engine.types import ProgressEvent
+from cuvis_cluster.engine.types import ProgressEvent, TrainResources
 from cuvis_cluster.errors import CuvisError, ResourceExhausted, Unimplemented
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class TrainContext:
     training: dict[str, Any] | None  # TrainingConfig (JSON form)
     trainrun: dict[str, Any] | None  # TrainRunConfig (JSON form) or None
     device: torch.device
-    engine: Any  # engine.service.Engine (roots, output_dir, build_datamodule)
+    resources: TrainResources  # the output root and data modules (engine.roots.Roots)
     run: TrainRun | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -91,7 +91,7 @@ class TrainContext:
 
     def datamodule(self) -> Any:
         """The data module for :attr:`data` (confined to the engine's data roots)."""
-        return self.engine.build_datamodule(self.data)
+        return self.resources.build_datamodule(self.data)
 
 
 _END = object()
