@@ -60,7 +60,7 @@ def data_overrides(size: int, frames: int = 8) -> list[str]:
 
 def _local_cluster_class():
     try:
-        from cuvis_cluster.localcluster.cluster import LocalCluster
+        from cuvis_cluster.localcluster.supervisor import LocalCluster
     except ImportError as exc:
         sys.exit(f"--local-cluster needs cuvis_cluster.localcluster ({exc}); run `cuvis-cluster up` instead")
     return LocalCluster

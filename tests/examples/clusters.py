@@ -121,7 +121,7 @@ def start_cluster(workdir: Path, *, workers: int = 2, max_sessions: int = 8) -> 
 def local_cluster_api():
     """``cuvis_cluster.localcluster.LocalCluster`` when it exists, else None."""
     try:
-        from cuvis_cluster.localcluster.cluster import LocalCluster
+        from cuvis_cluster.localcluster.supervisor import LocalCluster
     except ImportError:
         return None
     return LocalCluster

@@ -2,9 +2,9 @@
 
 A real gRPC server (the same :class:`~cuvis_cluster.common.serving.GrpcServer` bootstrap, health,
 reflection) implementing a few ``CuvisAIService`` methods over an in-memory session table, and the
-real cluster membership of :mod:`cuvis_cluster.worker.cluster` (registration, heartbeat, routes,
-fencing, WorkerControl). It starts in well under a second, so routing and failure tests do not pay
-for torch.
+real cluster side of the worker: :mod:`cuvis_cluster.worker.membership` (registration, heartbeat,
+routes), :mod:`~cuvis_cluster.worker.fencing` and :mod:`~cuvis_cluster.worker.control`. It starts in
+well under a second, so routing and failure tests do not pay for torch.
 
 * CreateSession / CloseSession: sessions with owners (``x-cuvis-owner``), limited by --max-sessions;
 * Inference: answers with the request size and (when ``output_specs`` has "crc") the CRC-32 of
@@ -35,7 +35,11 @@ import grpc
 from cuvis_cluster.common.serving import GrpcServer, ShutdownSignal, configure_logging
 from cuvis_cluster.common.settings import WorkerSettings
 from cuvis_cluster.common.telemetry import WorkerMetrics, serve_metrics
+from cuvis_cluster.routing.metadata import OWNER_METADATA
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb, pb_grpc
+from cuvis_cluster.worker.control import WorkerControlServicer
+from cuvis_cluster.worker.fencing import fencing_interceptor
+from cuvis_cluster.worker.membership import ClusterMembership
 
 log = logging.getLogger("standin")
 
@@ -50,7 +54,7 @@ class Session:
 
 
 class Sessions:
-    """The SessionDirectory protocol of :mod:`cuvis_cluster.worker.cluster`."""
+    """The SessionDirectory protocol of :mod:`cuvis_cluster.worker.membership`."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -109,7 +113,7 @@ class _Abort(Exception):
 
 def _owner(context: grpc.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata():
-        if key == "x-cuvis-owner":
+        if key == OWNER_METADATA:
             return value
     return None
 
@@ -227,21 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     sessions = Sessions(args.max_sessions)
     metrics = WorkerMetrics()
     interceptors = []
-    cluster = None
     if args.redis_url:
-        from cuvis_cluster.worker import cluster
-
-        interceptors.append(cluster.fencing_interceptor(instance))
+        interceptors.append(fencing_interceptor(instance))
     server = GrpcServer(settings, metrics=metrics, interceptors=interceptors, component="standin")
     servicer = Servicer(sessions, instance, args.train_steps, args.train_interval)
     server.add_service(SERVICE_NAME, lambda s: pb_grpc.add_CuvisAIServiceServicer_to_server(servicer, s))
     server.server.add_generic_rpc_handlers((_sink_handler(),))
     membership = None
-    if cluster is not None:
-        membership = cluster.ClusterMembership(
+    if args.redis_url:
+        membership = ClusterMembership(
             settings, sessions, metrics, lambda: {"device": "cpu"}, instance_id=instance
         )
-        control = cluster.WorkerControlServicer(membership, shutdown=shutdown)
+        control = WorkerControlServicer(membership, shutdown=shutdown)
         server.add_service(control.SERVICE_NAME, control.add_to_server)
     server.start()
     address = server.address

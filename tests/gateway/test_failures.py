@@ -14,7 +14,7 @@ from conftest import Cluster, list_workers, start_gateway, start_standin, wait_w
 from grpc_health.v1 import health_pb2
 from helpers import procs
 
-from cuvis_cluster.gateway import redis_schema as rs
+from cuvis_cluster.routing import redis_schema as rs
 from cuvis_cluster.wire.pb import pb, pb_grpc
 
 pytestmark = pytest.mark.integration
@@ -76,16 +76,17 @@ def test_sigkill_during_train(fresh):
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        stream = b.Train(pb.TrainRequest(session_id=doomed[0]))
+        # A generous deadline, so that a stream the gateway failed to end fails as DEADLINE_EXCEEDED
+        # rather than hanging; how fast it ends is measured by bench/failover_bench.py, not here.
+        stream = b.Train(pb.TrainRequest(session_id=doomed[0]), timeout=60)
         assert next(stream).status == pb.TRAIN_STATUS_RUNNING
-        killed = time.monotonic()
         victim.proc.send_signal(signal.SIGKILL)
         with pytest.raises(grpc.RpcError) as info:
             for _ in stream:
                 pass
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - killed < 5.0
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
         assert victim.address in info.value.details()
+        assert victim.proc.wait(timeout=30) == -signal.SIGKILL
         time.sleep(1.0)
     finally:
         stop.set()

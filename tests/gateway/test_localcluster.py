@@ -17,7 +17,7 @@ import pytest
 from conftest import STANDIN, list_workers
 from helpers import procs
 
-from cuvis_cluster.localcluster.cluster import LocalCluster
+from cuvis_cluster.localcluster.supervisor import LocalCluster
 from cuvis_cluster.wire.pb import pb, pb_grpc
 
 pytestmark = pytest.mark.integration

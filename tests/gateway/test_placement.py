@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy, WorkerInfo
+from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy
+from cuvis_cluster.routing.membership import WorkerInfo
 from cuvis_cluster.wire.status import status_for
 
 

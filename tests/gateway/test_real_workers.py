@@ -21,8 +21,8 @@ from helpers.cuvis import (
     synthetic_frame,
 )
 
-from cuvis_cluster.gateway import redis_schema as rs
-from cuvis_cluster.localcluster.cluster import LocalCluster
+from cuvis_cluster.localcluster.supervisor import LocalCluster
+from cuvis_cluster.routing import redis_schema as rs
 from cuvis_cluster.wire.pb import pb, pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -143,15 +143,18 @@ def test_sigkill_during_train(real):
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        stream = b.Train(pb.TrainRequest(session_id=doomed, trainer_type=pb.TRAINER_TYPE_GRADIENT))
+        # A generous deadline: a stream left hanging ends DEADLINE_EXCEEDED instead of UNAVAILABLE.
+        # The time to UNAVAILABLE is measured by bench/failover_bench.py, not asserted here.
+        stream = b.Train(
+            pb.TrainRequest(session_id=doomed, trainer_type=pb.TRAINER_TYPE_GRADIENT), timeout=120
+        )
         next(stream)
-        killed = time.monotonic()
         victim.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         with pytest.raises(grpc.RpcError) as info:
             for _ in stream:
                 pass
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - killed < 5.0
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+        assert victim_address in info.value.details()
         time.sleep(1.0)
     finally:
         stop.set()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import grpc
 
-# grpc.StatusCode -> wire integer, and back.
-CODE_NUMBER: dict[grpc.StatusCode, int] = {c: c.value[0] for c in grpc.StatusCode}
-CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+# wire integer -> status name (metrics labels).
 CODE_NAME: dict[int, str] = {c.value[0]: c.name for c in grpc.StatusCode}
 
 CONTENT_TYPE = b"application/grpc"
@@ -36,10 +34,6 @@ _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 def encode_message(message: str) -> bytes:
     """Percent-encode a status message as the grpc-message header wants it."""
     return quote(message, safe=_SAFE, encoding="utf-8", errors="replace").encode("ascii")
-
-
-def decode_message(raw: bytes) -> str:
-    return unquote(raw.decode("ascii", "replace"), encoding="utf-8", errors="replace")
 
 
 def trailers(code: int, message: str = "") -> list[tuple[bytes, bytes]]:

@@ -4,30 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cuvis_cluster import errors
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """One registered worker instance as the gateway last saw it in Redis."""
-
-    instance: str
-    address: str
-    capacity: int = 0
-    sessions: int = 0
-    device: str = "cpu"
-    device_free: int = 0
-    device_total: int = 0
-    draining: bool = False
-    version: str = ""
-    updated_ms: int = 0
-    started_ms: int = 0
-
-    @property
-    def has_room(self) -> bool:
-        return self.sessions < self.capacity
+from cuvis_cluster.routing.membership import WorkerInfo
 
 
 class NoWorker(Exception):

@@ -30,20 +30,14 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from cuvis_cluster.gateway import redis_schema as rs
-from cuvis_cluster.gateway.placement import WorkerInfo
+from cuvis_cluster.routing import redis_schema as rs
+from cuvis_cluster.routing.membership import WorkerInfo, describe
+from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 PROBE_OK, PROBE_REFUSED, PROBE_TIMEOUT = "ok", "refused", "timeout"
 MISSED_HEARTBEATS = "missed its heartbeats"
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(float(value or 0))
-    except ValueError:
-        return 0
 
 
 class Registry:
@@ -141,14 +135,14 @@ class Registry:
     async def poll(self) -> None:
         try:
             raw = await self.call(
-                "snapshot", self._snapshot_script(keys=[], args=[rs.PREFIX, uuid.uuid4().hex])
+                "snapshot", self._snapshot_script(keys=[], args=rs.snapshot_args(uuid.uuid4().hex))
             )
         except (RedisError, OSError):
             self.polled_once.set()
             self._notify()
             return
         self._set_redis(True)
-        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        epoch = rs.text(raw[0])
         if self.epoch is not None and epoch != self.epoch:
             log.warning(
                 "Redis lost its data (epoch changed); workers re-announce their sessions within %.1fs",
@@ -159,26 +153,12 @@ class Registry:
         workers: list[WorkerInfo] = []
         expired: list[str] = []
         for i in range(1, len(raw) - 1, 2):
-            instance = raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])
+            instance = rs.text(raw[i])
             fields = rs.decode_hash(raw[i + 1])
             if not fields:
                 expired.append(instance)
                 continue
-            workers.append(
-                WorkerInfo(
-                    instance=instance,
-                    address=fields.get("address", ""),
-                    capacity=_int(fields.get("capacity")),
-                    sessions=_int(fields.get("sessions")),
-                    device=fields.get("device", ""),
-                    device_free=_int(fields.get("device_free")),
-                    device_total=_int(fields.get("device_total")),
-                    draining=fields.get("draining") == "1",
-                    version=fields.get("version", ""),
-                    updated_ms=_int(fields.get("updated_ms")),
-                    started_ms=_int(fields.get("started_ms")),
-                )
-            )
+            workers.append(WorkerInfo.from_fields(instance, fields))
         for w in workers:
             # An instance that re-registered after being declared lost is live again (new sessions only).
             self.lost.pop(w.instance, None)
@@ -239,9 +219,6 @@ class Registry:
     def placed(self, instance: str) -> None:
         self._extra_sessions[instance] = self._extra_sessions.get(instance, 0) + 1
 
-    def rebuilding(self) -> bool:
-        return time.monotonic() < self.rebuild_until
-
     # -- failures --------------------------------------------------------------------------------
     def connection_failed(self, address: str) -> None:
         """A connection to ``address`` failed or broke: check the instances registered there."""
@@ -275,32 +252,27 @@ class Registry:
         if result == PROBE_OK and answer == instance:
             self._silent_since.pop(instance, None)
             if why == MISSED_HEARTBEATS:
-                log.warning(
-                    "worker %s (instance %s) missed its heartbeats but answers; keeping it", address, instance
-                )
+                log.warning("%s missed its heartbeats but answers; keeping it", describe(address, instance))
             return
         if result == PROBE_TIMEOUT:
             first = self._silent_since.setdefault(instance, time.monotonic())
             silent = time.monotonic() - first
             if silent < self.silent_grace:
                 log.warning(
-                    "worker %s (instance %s) %s and has not answered for %.0fs; purged after %.0fs",
-                    address,
-                    instance,
+                    "%s %s and has not answered for %.0fs; purged after %.0fs",
+                    describe(address, instance),
                     why,
                     silent,
                     self.silent_grace,
                 )
                 return
-            reason = f"worker {address} (instance {instance}) {why} and did not answer for {silent:.0f}s"
+            reason = f"{describe(address, instance)} {why} and did not answer for {silent:.0f}s"
             abort = True
         elif result == PROBE_OK:
-            reason = (
-                f"worker {address} (instance {instance}) {why}; instance {answer} now runs there (restarted)"
-            )
+            reason = f"{describe(address, instance)} {why}; instance {answer} now runs there (restarted)"
             abort = False
         else:
-            reason = f"worker {address} (instance {instance}) {why} and is not running any more"
+            reason = f"{describe(address, instance)} {why} and is not running any more"
             abort = True
         self._silent_since.pop(instance, None)
         await self.declare_lost(instance, address or "", reason, abort=abort)
@@ -310,7 +282,7 @@ class Registry:
             addr = await self.call("hget", self.redis.hget(rs.lost_key(instance), "address"))
         except (RedisError, OSError):
             return ""
-        return addr.decode() if isinstance(addr, bytes) else (addr or "")
+        return rs.text(addr) if addr is not None else ""
 
     async def declare_lost(self, instance: str, address: str, reason: str, *, abort: bool = True) -> int:
         """Purge ``instance``: routes to tombstones, registration removed, connections dropped."""
@@ -330,14 +302,9 @@ class Registry:
                 "purge",
                 self._purge_script(
                     keys=[],
-                    args=[
-                        rs.PREFIX,
-                        instance,
-                        address,
-                        reason,
-                        repr(time.time()),
-                        int(self.tombstone_ttl * 1000),
-                    ],
+                    args=rs.purge_args(
+                        instance, address, reason, time.time(), int(self.tombstone_ttl * 1000)
+                    ),
                 ),
             )
         except (RedisError, OSError):
@@ -354,7 +321,6 @@ async def grpc_probe(
 ) -> tuple[str, str]:
     """Ask ``address`` for its instance id (``GetWorkerStatus``): ``(PROBE_OK, id)``, or
     ``(PROBE_REFUSED, "")`` when nothing accepts connections there, or ``(PROBE_TIMEOUT, "")``."""
-    from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
 
     def call() -> tuple[str, str]:
         channel = (

@@ -23,17 +23,17 @@ import grpc
 from redis.exceptions import RedisError
 
 from cuvis_cluster import errors
-from cuvis_cluster.gateway import redis_schema as rs
 from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy
-from cuvis_cluster.gateway.proxy import Call, Plan, Route, Router
+from cuvis_cluster.gateway.proxy import Call
 from cuvis_cluster.gateway.registry import Registry
+from cuvis_cluster.gateway.routes import Plan, Route, Router
 from cuvis_cluster.gateway.security import TokenFile, certificate_identity
+from cuvis_cluster.routing import redis_schema as rs
+from cuvis_cluster.routing.metadata import INSTANCE_HEADER, OWNER_HEADER
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb
 
 log = logging.getLogger(__name__)
 
-OWNER_HEADER = b"x-cuvis-owner"
-INSTANCE_HEADER = b"x-cuvis-worker-instance"
 NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 CLOSE_SESSION = f"/{SERVICE_NAME}/CloseSession".encode()
 OK = 0
@@ -271,7 +271,7 @@ class SessionRouter(Router):
                 route_raw, lost_raw = await registry.call("lookup", pipe.execute())
             except (RedisError, OSError):
                 raise errors.Unavailable(registry.unavailable_message()) from None
-            route = rs.decode_hash(_flatten(route_raw))
+            route = rs.decode_hash(route_raw)
             if route:
                 if self._m_redis is not None:
                     self._m_redis.inc()
@@ -282,7 +282,7 @@ class SessionRouter(Router):
                 )
                 self._remember(session, address, instance, owner)
                 return self._route_for(call, session, address, instance, owner)
-            lost = rs.decode_hash(_flatten(lost_raw))
+            lost = rs.decode_hash(lost_raw)
             if lost:
                 if self._m_miss is not None:
                     self._m_miss.inc()
@@ -329,13 +329,3 @@ class SessionRouter(Router):
     def upstream_lost(self, route: Route, exc: BaseException | None) -> None:
         if not route.local:
             self.registry.connection_failed(route.address)
-
-
-def _flatten(value: Any) -> list:
-    """redis-py returns HGETALL as a dict; the schema helpers take the flat form."""
-    if isinstance(value, dict):
-        flat: list = []
-        for k, v in value.items():
-            flat += [k, v]
-        return flat
-    return list(value or [])

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import cuvis_cluster
-from cuvis_cluster.localcluster.cluster import ClusterError, LocalCluster
+from cuvis_cluster.localcluster.supervisor import ClusterError, LocalCluster
 
 EXAMPLE = Path(cuvis_cluster.__file__).resolve().parents[2] / "examples" / "complete_workflow.py"
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cuvis_cluster.localcluster import demo
-from cuvis_cluster.localcluster.cluster import ClusterError, LocalCluster
+from cuvis_cluster.localcluster.supervisor import ClusterError, LocalCluster
 
 DESCRIPTION = "Run a local cuvis-ai cluster: redis-server, N workers and a gateway on loopback."
 

@@ -1,6 +1,7 @@
-"""The worker's side of the cluster: registration, heartbeat, session routes, fencing, WorkerControl.
+"""The worker's membership in the cluster: registration, heartbeat and session routes in Redis.
 
-``cuvis-worker --redis-url ...`` wires this in (see :mod:`cuvis_cluster.worker.main`)::
+``cuvis-worker --redis-url ...`` wires this in (see :mod:`cuvis_cluster.worker.main`), with the
+fencing interceptor (:mod:`.fencing`) and WorkerControlService (:mod:`.control`)::
 
     membership = ClusterMembership(settings, engine.sessions, metrics, lambda: device_info(engine.device),
                                    instance_id=instance_id)
@@ -8,10 +9,11 @@
     WorkerControlServicer(membership, shutdown=shutdown).add_to_server(server)
     membership.start()  ...  membership.drain(grace) ... membership.stop()
 
-What the worker keeps in Redis (schema in :mod:`cuvis_cluster.gateway.redis_schema`):
+What the worker keeps in Redis (schema in :mod:`cuvis_cluster.routing.redis_schema`):
 
-* its registration hash, refreshed every ``heartbeat_seconds`` with TTL ``heartbeat_ttl_seconds``;
-  its expiry is how gateways notice a dead worker;
+* its registration hash (:class:`cuvis_cluster.routing.membership.WorkerInfo`), refreshed every
+  ``heartbeat_seconds`` with TTL ``heartbeat_ttl_seconds``; its expiry is how gateways notice a dead
+  worker;
 * one route per session, written when the session is created (before CreateSession returns, so any
   gateway can route the next call), deleted when it is closed, and **re-announced by every heartbeat**
   with a TTL equal to the session's remaining idle time. That heartbeat is also the only "touch":
@@ -31,20 +33,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import grpc
 import redis
 
 import cuvis_cluster
 from cuvis_cluster.common.settings import WorkerSettings
 from cuvis_cluster.common.telemetry import WorkerMetrics
-from cuvis_cluster.errors import NotFound
-from cuvis_cluster.gateway import redis_schema as rs
-from cuvis_cluster.wire.status import abort_with
+from cuvis_cluster.routing import redis_schema as rs
+from cuvis_cluster.routing.membership import WorkerInfo, describe
+from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
 
 log = logging.getLogger(__name__)
 
-INSTANCE_METADATA = "x-cuvis-worker-instance"
-OWNER_METADATA = "x-cuvis-owner"
 DeviceInfo = dict[str, Any]
 
 
@@ -139,7 +138,7 @@ class ClusterMembership:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        reason = f"worker {self.address} (instance {self.instance_id}) shut down"
+        reason = f"{describe(self.address, self.instance_id)} shut down"
         self._call("deregister", self._purge, self._purge_args(reason))
         log.info("deregistered worker instance %s", self.instance_id)
 
@@ -151,7 +150,7 @@ class ClusterMembership:
         self.sessions.set_draining(True)
         if self.metrics is not None:
             self.metrics.draining.set(1)
-        self._call("drain", self._set_draining, [rs.PREFIX, self.instance_id, 1])
+        self._call("drain", self._set_draining, rs.set_draining_args(self.instance_id, True))
         self._wake.set()
 
     @property
@@ -159,26 +158,22 @@ class ClusterMembership:
         return bool(self.sessions.draining)
 
     # -- session listener ------------------------------------------------------------------------
-    def session_created(self, session: Any) -> None:
+    def session_created(self, session: SessionLike) -> None:
         """Write the route before CreateSession returns, so every gateway can route the next call."""
         ttl_ms = int(self.settings.idle_timeout_seconds * 1000)
-        self._call(
-            "add_route",
-            self._add_route,
-            [
-                rs.PREFIX,
-                self.instance_id,
-                self.address,
-                session.id,
-                session.owner or "",
-                repr(float(session.created_at)),
-                ttl_ms,
-                self._sessions_ttl_ms(),
-            ],
+        args = rs.add_route_args(
+            self.instance_id,
+            self.address,
+            session.id,
+            session.owner or "",
+            float(session.created_at),
+            ttl_ms,
+            self._sessions_ttl_ms(),
         )
+        self._call("add_route", self._add_route, args)
 
     def session_closed(self, session_id: str) -> None:
-        self._call("remove_route", self._remove_route, [rs.PREFIX, self.instance_id, session_id])
+        self._call("remove_route", self._remove_route, rs.remove_route_args(self.instance_id, session_id))
 
     # -- heartbeat -------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -198,49 +193,47 @@ class ClusterMembership:
         now = time.time()
         device, free, total = self.device()
         sessions = self.sessions.list()
-        fields = {
-            "instance": self.instance_id,
-            "address": self.address,
-            "version": self.version,
-            "device": device,
-            "device_free": free,
-            "device_total": total,
-            "capacity": self.sessions.capacity,
-            "sessions": len(sessions),
-            "draining": 1 if self.sessions.draining else 0,
-            "started_ms": self.started_ms,
-            "updated_ms": int(now * 1000),
-        }
+        record = WorkerInfo(
+            instance=self.instance_id,
+            address=self.address,
+            capacity=self.sessions.capacity,
+            sessions=len(sessions),
+            device=device,
+            device_free=free,
+            device_total=total,
+            draining=bool(self.sessions.draining),
+            version=self.version,
+            updated_ms=int(now * 1000),
+            started_ms=self.started_ms,
+        )
         idle = self.settings.idle_timeout_seconds
-        args: list[Any] = [
-            rs.PREFIX,
+        routes = [
+            rs.RouteAnnouncement(
+                s.id,
+                s.owner or "",
+                float(s.created_at),
+                float(s.last_used),
+                int(max(idle - (now - float(s.last_used)), 1.0) * 1000),
+            )
+            for s in sessions
+        ]
+        args = rs.heartbeat_args(
             self.instance_id,
             int(now * 1000),
             int(self.settings.heartbeat_ttl_seconds * 1000),
             self._sessions_ttl_ms(),
             uuid.uuid4().hex,
-            len(fields),
-        ]
-        for key, value in fields.items():
-            args += [key, value]
-        args.append(len(sessions))
-        for s in sessions:
-            left = max(idle - (now - float(s.last_used)), 1.0)
-            args += [
-                s.id,
-                s.owner or "",
-                repr(float(s.created_at)),
-                repr(float(s.last_used)),
-                int(left * 1000),
-            ]
+            record.fields(),
+            routes,
+        )
         result = self._call("heartbeat", self._heartbeat, args)
         if result is None:
             return False
-        epoch = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+        epoch = rs.text(result[0])
         if self._epoch is not None and epoch != self._epoch:
             log.warning("Redis lost its data (epoch changed); re-announced %d sessions", int(result[2]))
         self._epoch = epoch
-        lost_at = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        lost_at = rs.text(result[1])
         if lost_at:
             log.warning(
                 "a gateway declared this instance lost at %s; sessions created before then are fenced",
@@ -252,14 +245,8 @@ class ClusterMembership:
         return int((self.settings.idle_timeout_seconds + 2 * self.settings.heartbeat_ttl_seconds) * 1000)
 
     def _purge_args(self, reason: str) -> list[Any]:
-        return [
-            rs.PREFIX,
-            self.instance_id,
-            self.address,
-            reason,
-            repr(time.time()),
-            int(self.settings.idle_timeout_seconds * 1000),
-        ]
+        tombstone_ttl_ms = int(self.settings.idle_timeout_seconds * 1000)
+        return rs.purge_args(self.instance_id, self.address, reason, time.time(), tombstone_ttl_ms)
 
     def _call(self, op: str, script: Any, args: list[Any]) -> Any:
         started = time.perf_counter()
@@ -280,8 +267,7 @@ class ClusterMembership:
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> Any:
-        from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
-
+        """This worker's ``WorkerStatus`` message (GetWorkerStatus), from the live session table."""
         device, free, total = self.device()
         sessions = self.sessions.list()
         return control_pb2.WorkerStatus(
@@ -297,117 +283,3 @@ class ClusterMembership:
             session_ids=sorted(s.id for s in sessions),
             updated_unix_ms=int(time.time() * 1000),
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# fencing
-
-
-class _Fencing(grpc.ServerInterceptor):
-    """Rejects calls that a gateway routed to an *earlier* process at this address.
-
-    The gateway sends ``x-cuvis-worker-instance: <id>`` with every session call, naming the instance
-    its route points at. A different id means the process that held the session is gone; the session
-    state with it. Answer NOT_FOUND naming the lost instance; never touch a same-named session here.
-    """
-
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-
-    def intercept_service(self, continuation, handler_call_details):
-        expected = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == INSTANCE_METADATA:
-                expected = value
-                break
-        handler = continuation(handler_call_details)
-        if handler is None or expected is None or expected == self.instance_id:
-            return handler
-        return _refusing_handler(handler, expected)
-
-
-def _refusing_handler(handler: grpc.RpcMethodHandler, expected: str) -> grpc.RpcMethodHandler:
-    def message(request: Any) -> str:
-        session = getattr(request, "session_id", "") if not isinstance(request, bytes) else ""
-        return (
-            f"Session {session} not found: it was held by worker instance {expected}, "
-            "which was lost or restarted"
-        )
-
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        abort_with(context, NotFound(message(request)))
-
-    def streaming(request: Any, context: grpc.ServicerContext) -> Any:
-        abort_with(context, NotFound(message(request)))
-        yield  # pragma: no cover - abort raises
-
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(lambda it, ctx: unary(None, ctx), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(lambda it, ctx: streaming(None, ctx), **kwargs)
-
-
-def fencing_interceptor(instance_id: str) -> grpc.ServerInterceptor:
-    """Server interceptor for ``cuvis-worker``: see :class:`_Fencing`."""
-    return _Fencing(instance_id)
-
-
-# --------------------------------------------------------------------------------------------------
-# WorkerControlService
-
-
-class WorkerControlServicer:
-    """``cuvis_cluster.internal.v1.WorkerControlService`` over a :class:`ClusterMembership`.
-
-    Drain puts the worker into draining mode at once; when its sessions are gone or ``grace_seconds``
-    have passed, it asks the process to shut down (``shutdown.trigger``), which stops the server
-    gracefully and deregisters, as SIGTERM would.
-    """
-
-    SERVICE_NAME = "cuvis_cluster.internal.v1.WorkerControlService"
-
-    def __init__(self, membership: ClusterMembership, *, shutdown: Any = None) -> None:
-        self.membership = membership
-        self.shutdown = shutdown
-        self._watch: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def add_to_server(self, server: grpc.Server) -> None:
-        from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2_grpc
-
-        control_pb2_grpc.add_WorkerControlServiceServicer_to_server(self, server)
-
-    def Drain(self, request: Any, context: grpc.ServicerContext) -> Any:
-        from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
-
-        grace = float(request.grace_seconds) or float(self.membership.settings.grace_seconds)
-        self.membership.drain(grace)
-        with self._lock:
-            if self._watch is None and self.shutdown is not None:
-                self._watch = threading.Thread(target=self._finish_drain, name="drain-watch", daemon=True)
-                self._watch.start()
-        return control_pb2.DrainResponse(accepted=True, sessions=self.membership.sessions.count)
-
-    def _finish_drain(self) -> None:
-        deadline = self.membership.drain_deadline or time.monotonic()
-        while time.monotonic() < deadline and self.membership.sessions.count > 0:
-            time.sleep(0.2)
-        log.info("drain finished (%d sessions left); shutting down", self.membership.sessions.count)
-        self.shutdown.trigger("drained")
-
-    def GetWorkerStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
-        from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
-
-        return control_pb2.GetWorkerStatusResponse(status=self.membership.status())
-
-
-def add_to_server(server: grpc.Server, membership: ClusterMembership, *, shutdown: Any = None) -> None:
-    """Register WorkerControlService for ``membership`` on a grpc server."""
-    WorkerControlServicer(membership, shutdown=shutdown).add_to_server(server)

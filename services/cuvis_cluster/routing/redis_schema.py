@@ -17,23 +17,17 @@ Keys (``P`` = ``cuvis:``)::
     P lost:<instance>            HASH    address, reason, at (unix seconds); PEXPIRE idle timeout
     P lostroute:<session>        HASH    instance, address, reason, owner; PEXPIRE idle timeout
 
-All scripts below touch keys they compute from their arguments, so this schema needs a single Redis
-(standalone or Sentinel), not Redis Cluster.
+The registration hash's fields are :meth:`cuvis_cluster.routing.membership.WorkerInfo.fields`. Only the
+keys read from Python get a helper below; the scripts compute every key from the prefix they are given,
+so this schema needs a single Redis (standalone or Sentinel), not Redis Cluster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
 PREFIX = "cuvis:"
-EPOCH = PREFIX + "epoch"
-WORKERS = PREFIX + "workers"
-
-
-def worker_key(instance: str) -> str:
-    return f"{PREFIX}worker:{instance}"
-
-
-def worker_sessions_key(instance: str) -> str:
-    return f"{PREFIX}worker:{instance}:sessions"
 
 
 def route_key(session: str) -> str:
@@ -184,10 +178,71 @@ return 1
 """
 
 
-def decode_hash(flat: list) -> dict[str, str]:
-    """HGETALL's flat reply (bytes or str) as a dict of str."""
-    out: dict[str, str] = {}
-    for i in range(0, len(flat) - 1, 2):
-        k, v = flat[i], flat[i + 1]
-        out[k.decode() if isinstance(k, bytes) else str(k)] = v.decode() if isinstance(v, bytes) else str(v)
-    return out
+# -- script arguments: one builder per script, in the ARGV order its comment above gives ------------
+
+
+class RouteAnnouncement(NamedTuple):
+    """One session a heartbeat re-announces: times in unix seconds, ``ttl_ms`` its idle time left."""
+
+    session: str
+    owner: str
+    created: float
+    last_used: float
+    ttl_ms: int
+
+
+def heartbeat_args(
+    instance: str,
+    now_ms: int,
+    ttl_ms: int,
+    sessions_ttl_ms: int,
+    new_epoch: str,
+    fields: Mapping[str, str | int],
+    routes: Sequence[RouteAnnouncement],
+) -> list[Any]:
+    args: list[Any] = [PREFIX, instance, now_ms, ttl_ms, sessions_ttl_ms, new_epoch, len(fields)]
+    for key, value in fields.items():
+        args += [key, value]
+    args.append(len(routes))
+    for r in routes:
+        args += [r.session, r.owner, repr(float(r.created)), repr(float(r.last_used)), r.ttl_ms]
+    return args
+
+
+def add_route_args(
+    instance: str, address: str, session: str, owner: str, created: float, ttl_ms: int, sessions_ttl_ms: int
+) -> list[Any]:
+    return [PREFIX, instance, address, session, owner, repr(float(created)), ttl_ms, sessions_ttl_ms]
+
+
+def remove_route_args(instance: str, session: str) -> list[Any]:
+    return [PREFIX, instance, session]
+
+
+def purge_args(instance: str, address: str, reason: str, now: float, tombstone_ttl_ms: int) -> list[Any]:
+    return [PREFIX, instance, address, reason, repr(now), tombstone_ttl_ms]
+
+
+def snapshot_args(new_epoch: str) -> list[Any]:
+    return [PREFIX, new_epoch]
+
+
+def set_draining_args(instance: str, draining: bool) -> list[Any]:
+    return [PREFIX, instance, 1 if draining else 0]
+
+
+# -- replies ---------------------------------------------------------------------------------------
+
+
+def text(value: bytes | str | int) -> str:
+    """One reply value as str, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_hash(reply: Mapping[Any, Any] | Sequence[Any] | None) -> dict[str, str]:
+    """A hash as a dict of str: HGETALL's dict (redis-py) or the flat list a Lua script returns."""
+    if reply is None:
+        return {}
+    if isinstance(reply, Mapping):
+        return {text(k): text(v) for k, v in reply.items()}
+    return {text(reply[i]): text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}

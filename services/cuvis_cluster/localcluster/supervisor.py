@@ -1,4 +1,4 @@
-"""A whole cluster on loopback: a real ``redis-server``, N ``cuvis-worker`` processes, one gateway.
+"""Supervises a whole cluster on loopback: a real ``redis-server``, N ``cuvis-worker`` processes, one gateway.
 
 Python API (tests, examples)::
 
@@ -88,9 +88,9 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
-        if self.alive():
+        if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)  # type: ignore[union-attr]
+                os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float) -> bool:
         if self.proc is None:
@@ -145,6 +145,12 @@ class LocalCluster:
         return f"redis://{self.redis.address}/0"
 
     @property
+    def home(self) -> Path:
+        """The working directory: child logs, Redis data, worker homes, shared outputs."""
+        assert self.workdir is not None, "cluster not started"
+        return self.workdir
+
+    @property
     def worker_addresses(self) -> list[str]:
         return [w.address for w in self.worker_procs]
 
@@ -185,11 +191,11 @@ class LocalCluster:
 
     def _start_redis(self, binary: str, env: dict[str, str]) -> None:
         port = free_port()
-        data = self.workdir / "redis"  # type: ignore[operator]
+        data = self.home / "redis"
         data.mkdir(exist_ok=True)
         argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(data), "--protected-mode", "yes"]
-        self.redis = Child("redis", argv, self.workdir / "redis.log", address=f"127.0.0.1:{port}")  # type: ignore[operator]
+        self.redis = Child("redis", argv, self.home / "redis.log", address=f"127.0.0.1:{port}")
         self.redis.start(data, env)
         deadline = time.monotonic() + 20
         while not self._redis_ping():
@@ -214,7 +220,7 @@ class LocalCluster:
         port = free_port()
         metrics_port = free_port() if self.metrics else 0
         name = f"worker-{index}"
-        home = self.workdir / name  # type: ignore[operator]
+        home = self.home / name
         home.mkdir(exist_ok=True)
         command = list(self.worker_command) if self.worker_command else _console_script("cuvis-worker")
         argv = [*command, "--listen", f"127.0.0.1:{port}", "--redis-url", self.redis_url]
@@ -223,10 +229,10 @@ class LocalCluster:
         if not self.worker_command:
             # One output root for every worker, as the chart's shared outputs volume: a pipeline saved
             # through one worker can be loaded by a session that lives on another.
-            outputs = self.workdir / "outputs"  # type: ignore[operator]
+            outputs = self.home / "outputs"
             argv += ["--output-dir", str(outputs), "--grace-seconds", str(self.grace_seconds)]
         argv += list(self.worker_args)
-        child = Child(name, argv, self.workdir / f"{name}.log", f"127.0.0.1:{port}", metrics_port)  # type: ignore[operator]
+        child = Child(name, argv, self.home / f"{name}.log", f"127.0.0.1:{port}", metrics_port)
         child.start(home, env)
         self.worker_procs.append(child)
 
@@ -248,8 +254,8 @@ class LocalCluster:
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]
         argv += list(self.gateway_args)
-        self.gateway = Child("gateway", argv, self.workdir / "gateway.log", f"{host}:{port_n}", metrics_port)  # type: ignore[operator]
-        self.gateway.start(self.workdir, env)  # type: ignore[arg-type]
+        self.gateway = Child("gateway", argv, self.home / "gateway.log", f"{host}:{port_n}", metrics_port)
+        self.gateway.start(self.home, env)
 
     def _wait_ready(self) -> None:
         """Until the gateway is SERVING and every worker is registered (ListWorkers)."""
@@ -286,7 +292,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGTERM everything (gateway, workers, Redis) and wait; SIGKILL what does not exit."""
-        groups = [[self.gateway], list(self.worker_procs), [self.redis]]
+        groups: list[list[Child | None]] = [[self.gateway], list(self.worker_procs), [self.redis]]
         for group in groups:
             children = [c for c in group if c is not None]
             for child in children:

@@ -1,0 +1,20 @@
+"""Call metadata a gateway adds to the calls it forwards, read by the worker.
+
+Clients cannot set these themselves: the gateway drops every incoming key under :data:`PREFIX`
+before it forwards a call, then adds its own.
+"""
+
+from __future__ import annotations
+
+PREFIX = "x-cuvis-"
+
+# The identity the gateway authenticated (bearer token or client certificate). The worker stores
+# it as the session's owner and answers NOT_FOUND to any other identity.
+OWNER_METADATA = PREFIX + "owner"
+# The worker instance a session's route points at. A worker whose own instance id differs is a
+# later process at the same address: it refuses the call (see cuvis_cluster.worker.fencing).
+INSTANCE_METADATA = PREFIX + "worker-instance"
+
+# The same keys as HTTP/2 header names, as the gateway's front end handles them.
+OWNER_HEADER = OWNER_METADATA.encode("ascii")
+INSTANCE_HEADER = INSTANCE_METADATA.encode("ascii")
