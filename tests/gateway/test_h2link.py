@@ -12,7 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cuvis_cluster.gateway.h2link import CANCEL, Link
+from cuvis_cluster.common.settings import GatewaySettings
+from cuvis_cluster.gateway.h2frames import CANCEL, H2Limits, frame_header
+from cuvis_cluster.gateway.h2link import Link
+from cuvis_cluster.gateway.main import http2_limits
 
 
 class Transport:
@@ -214,3 +217,39 @@ def test_reset_and_ping_and_goaway():
     link.goaway()
     pump()
     assert any(isinstance(ev, h2.events.ConnectionTerminated) for ev in events)
+
+
+def test_the_limits_are_advertised_and_enforced():
+    limits = H2Limits(
+        stream_window=1 << 20, max_concurrent_streams=7, max_frame=1 << 15, max_header_list=8192
+    )
+    link = Link(client_side=False, on_request=lambda link, leg, headers: Echo(), limits=limits)
+    transport = Transport()
+    link.connection_made(transport)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.receive_data(transport.take())
+    remote = client.remote_settings
+    assert remote.initial_window_size == 1 << 20
+    assert remote.max_concurrent_streams == 7
+    assert remote.max_frame_size == 1 << 15
+    assert remote.max_header_list_size == 8192
+    # A frame larger than what we advertised is a connection error (GOAWAY FRAME_SIZE_ERROR).
+    data = client.data_to_send() + frame_header((1 << 15) + 1, 0, 0, 1)
+    buf = link.get_buffer(len(data))
+    buf[: len(data)] = data
+    link.buffer_updated(len(data))
+    link._write_out()
+    events = client.receive_data(transport.take())
+    assert any(isinstance(ev, h2.events.ConnectionTerminated) and ev.error_code == 6 for ev in events)
+
+
+def test_the_gateway_settings_fill_every_limit():
+    assert http2_limits(GatewaySettings()) == H2Limits(), "settings defaults differ from the engine's"
+    fields = [f for f in GatewaySettings.model_fields if f.startswith("http2_")]
+    assert len(fields) == len(H2Limits.__dataclass_fields__)
+    custom = {f: GatewaySettings.model_fields[f].default + 1 for f in fields}
+    custom["http2_max_frame_bytes"] -= 2  # the default is the protocol's maximum
+    limits = http2_limits(GatewaySettings(**custom))
+    values = sorted(getattr(limits, name) for name in H2Limits.__dataclass_fields__)
+    assert values == sorted(custom.values())

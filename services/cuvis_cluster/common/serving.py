@@ -537,9 +537,6 @@ class GrpcServer:
         self._stopped.set()
         log.info("%s stopped", self.component)
 
-    def wait_stopped(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
-
 
 def configure_logging(level: str) -> None:
     """Plain timestamped logs on stderr, level from settings."""

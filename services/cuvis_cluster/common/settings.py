@@ -18,13 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CUVIS_"
 ONE_GIB = 1 << 30
 # Protobuf cannot represent a message of 2 GiB or more; refuse limits past that.
 PROTOBUF_HARD_LIMIT = (1 << 31) - 1
+KIB, MIB = 1 << 10, 1 << 20
+# HTTP/2 bounds (RFC 9113): windows up to 2^31-1, frames between 16 KiB and 2^24-1 bytes.
+H2_MAX_WINDOW = (1 << 31) - 1
+H2_MIN_FRAME, H2_MAX_FRAME = 1 << 14, (1 << 24) - 1
 
 
 def env_name(field: str) -> str:
@@ -181,11 +185,108 @@ class GatewaySettings(_Base):
         ge=0,
         description="How long a session route is cached in the gateway before Redis is asked again.",
     )
-    touch_interval_seconds: float = Field(
-        30.0, gt=0, description="At most one TTL refresh of a session route per this interval."
-    )
     idle_timeout_seconds: float = Field(
-        3600.0, gt=0, description="Route TTL; matches the workers' idle timeout."
+        3600.0,
+        gt=0,
+        description="How long a lost worker's sessions are reported as lost; matches the workers'.",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="Event loop: uvloop (the standard asyncio loop when uvloop is not installed) or asyncio.",
+    )
+    # The gateway's HTTP/2 engine, for client and worker connections alike (gateway/h2frames.H2Limits).
+    http2_stream_window_bytes: int = Field(
+        16 * MIB,
+        ge=65535,
+        le=H2_MAX_WINDOW,
+        description="HTTP/2 receive window of each stream: bytes a peer may send ahead on one call.",
+    )
+    http2_connection_window_bytes: int = Field(
+        64 * MIB,
+        ge=65535,
+        le=H2_MAX_WINDOW,
+        description="HTTP/2 receive window of each connection: bytes a peer may send ahead on all calls.",
+    )
+    http2_max_frame_bytes: int = Field(
+        H2_MAX_FRAME,
+        ge=H2_MIN_FRAME,
+        le=H2_MAX_FRAME,
+        description="Largest HTTP/2 frame payload accepted (advertised as SETTINGS_MAX_FRAME_SIZE).",
+    )
+    http2_max_header_list_bytes: int = Field(
+        64 * KIB,
+        ge=4 * KIB,
+        le=16 * MIB,
+        description="Largest decoded header list of a call (advertised as SETTINGS_MAX_HEADER_LIST_SIZE).",
+    )
+    http2_max_header_block_bytes: int = Field(
+        1 * MIB,
+        ge=16 * KIB,
+        le=64 * MIB,
+        description="Largest encoded header block (HEADERS plus CONTINUATION frames) accepted.",
+    )
+    http2_max_concurrent_streams: int = Field(
+        1000,
+        ge=1,
+        le=H2_MAX_WINDOW,
+        description="Calls a client may run at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).",
+    )
+    http2_write_high_water_bytes: int = Field(
+        4 * MIB,
+        ge=64 * KIB,
+        le=1 << 30,
+        description="Bytes buffered for sending on a connection above which the gateway stops sending DATA.",
+    )
+    http2_write_low_water_bytes: int = Field(
+        1 * MIB,
+        ge=0,
+        le=1 << 30,
+        description="Buffered bytes below which sending resumes (at most the high-water mark).",
+    )
+    http2_read_buffer_bytes: int = Field(
+        1 * MIB,
+        ge=64 * KIB,
+        le=1 << 30,
+        description="Size of one receive buffer (slab); DATA is forwarded as views of these buffers.",
+    )
+    http2_min_read_bytes: int = Field(
+        64 * KIB,
+        ge=4 * KIB,
+        le=64 * MIB,
+        description="Room each socket read gets at least; less left in a buffer starts a new one.",
+    )
+    http2_pooled_buffers: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="Idle receive buffers kept for reuse (memory held: this times the read buffer size).",
+    )
+
+    @model_validator(mode="after")
+    def _check_http2(self) -> GatewaySettings:
+        if self.http2_write_low_water_bytes > self.http2_write_high_water_bytes:
+            raise ValueError("http2_write_low_water_bytes must not exceed http2_write_high_water_bytes")
+        if self.http2_min_read_bytes > self.http2_read_buffer_bytes:
+            raise ValueError("http2_min_read_bytes must not exceed http2_read_buffer_bytes")
+        return self
+
+
+class ProbeSettings(BaseSettings):
+    """The server settings that ``python -m cuvis_cluster.deploy.healthcheck`` reads in a container.
+
+    The same ``CUVIS_*`` variables as the server's own (any other is ignored, and nothing else is
+    validated, so a probe never fails on a setting it does not need); empty values count as unset.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
+
+    listen: str = Field(default="127.0.0.1:50051", description="HOST:PORT the server binds to.")
+    tls_cert: Path | None = Field(
+        default=None, description="The server's PEM certificate (TLS is on when set)."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="Client CA of the server (mTLS is on when set)."
     )
 
 

@@ -39,6 +39,7 @@ class RpcMetrics:
     """Per-RPC series that both servers export under their own prefix."""
 
     def __init__(self, prefix: str, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.requests = Counter(
             f"{prefix}_rpc_requests",
             "Finished RPCs by method and status code.",
@@ -152,9 +153,8 @@ _SUFFIXES = {
 
 def _exported_names(metrics: RpcMetrics) -> set[str]:
     names: set[str] = set()
-    for collector in list(metrics.registry._collector_to_names):
-        for family in collector.describe():
-            names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+    for family in metrics.registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
     return names
 
 

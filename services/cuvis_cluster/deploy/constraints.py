@@ -17,6 +17,7 @@ import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import cast
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -39,7 +40,8 @@ def pyproject() -> dict:
 def _applies(req: Requirement, extras: set[str]) -> bool:
     if req.marker is None:
         return True
-    env = default_environment()
+    # Every value of the marker environment is a string; the TypedDict does not say so to mypy.
+    env = cast("dict[str, str]", default_environment())
     return any(req.marker.evaluate({**env, "extra": extra}) for extra in (extras or {""}))
 
 

@@ -7,7 +7,7 @@ Run inside the container of a gateway or worker::
 
 Both modes call ``grpc.health.v1.Health/Check`` on the server of this container, found from the
 same ``CUVIS_*`` settings the server reads (``CUVIS_LISTEN``, ``CUVIS_TLS_CERT``, ``CUVIS_TLS_KEY``,
-``CUVIS_TLS_CLIENT_CA``):
+``CUVIS_TLS_CLIENT_CA``, read through :class:`~cuvis_cluster.common.settings.ProbeSettings`):
 
 * ``ready`` exits 0 only on SERVING. A draining worker or a gateway without Redis answers
   NOT_SERVING and is taken out of rotation.
@@ -26,13 +26,14 @@ Exit status: 0 healthy, 1 unhealthy (what Docker and Kubernetes expect).
 from __future__ import annotations
 
 import argparse
-import os
 import ssl
 import sys
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cuvis_cluster.common.settings import ProbeSettings
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]", "*"}
 # Status codes that prove a gRPC server answered, even though the health call itself failed.
@@ -62,7 +63,7 @@ def certificate_names(pem_path: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ
+    env = ProbeSettings()
     parser = argparse.ArgumentParser(
         prog="python -m cuvis_cluster.deploy.healthcheck",
         description="Call grpc.health.v1.Health/Check on this container's cuvis server.",
@@ -92,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Name expected in the server certificate (default: the first DNS name in --ca).",
     )
     parser.set_defaults(
-        listen=env.get("CUVIS_LISTEN", "127.0.0.1:50051"),
-        env_cert=env.get("CUVIS_TLS_CERT") or None,
-        env_key=env.get("CUVIS_TLS_KEY") or None,
-        env_client_ca=env.get("CUVIS_TLS_CLIENT_CA") or None,
+        listen=env.listen,
+        env_cert=env.tls_cert,
+        env_key=env.tls_key,
+        env_client_ca=env.tls_client_ca,
     )
     return parser
 

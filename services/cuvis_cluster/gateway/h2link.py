@@ -7,7 +7,7 @@ exceeds the +0.4 ms budget. This engine does only what a gRPC proxy needs (RFC 9
 * frames are parsed in place from receive slabs; HEADERS/CONTINUATION are decoded with
   :mod:`cuvis_cluster.gateway.hpackfast`; SETTINGS, PING, GOAWAY, RST_STREAM, WINDOW_UPDATE are
   handled here; PRIORITY and unknown frame types are ignored; server push is refused;
-* **DATA is copy-free.** The kernel reads straight into a 1 MiB slab (``BufferedProtocol``). A DATA
+* **DATA is copy-free.** The kernel reads straight into a receive slab (``BufferedProtocol``). A DATA
   payload is handed to the stream as ``memoryview`` slices *as it arrives*, before its frame is
   complete, and leaves on the other connection as raw frames (9-byte header + the slice) through
   ``writelines`` without a Python-level copy. A slab is reused only once nothing references it
@@ -16,6 +16,11 @@ exceeds the +0.4 ms budget. This engine does only what a gRPC proxy needs (RFC 9
   windows are re-opened (WINDOW_UPDATE) only through :meth:`Link.credit`, which the proxy calls when
   it has passed bytes on, so a slow reader slows the writer end to end;
 * everything written while handling one read (or one callback) leaves in a single ``writev``.
+
+The engine in pieces: :mod:`~cuvis_cluster.gateway.h2frames` (wire format, :class:`H2Limits`, receive
+slabs), :mod:`~cuvis_cluster.gateway.h2stream` (a stream, :class:`Leg`),
+:mod:`~cuvis_cluster.gateway.h2output` (the sending half) and this module (the connection: its state and
+the receiving half). Sizes and limits come from :class:`H2Limits` (the gateway's ``http2_*`` settings).
 """
 
 from __future__ import annotations
@@ -23,186 +28,64 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
-import sys
-from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from cuvis_cluster.gateway.h2frames import (
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    FLAG_ACK,
+    FLAG_END_HEADERS,
+    FLAG_END_STREAM,
+    FLAG_PADDED,
+    FLAG_PRIORITY,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    GOAWAY_BODY,
+    HEADERS,
+    INITIAL_WINDOW,
+    MAX_FRAME,
+    MAX_WINDOW,
+    MIN_MAX_FRAME,
+    NO_ERROR,
+    PING,
+    PREFACE,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTING,
+    SETTINGS,
+    SETTINGS_ACK,
+    STREAM_CLOSED,
+    U32,
+    WINDOW_UPDATE,
+    H2Limits,
+    Headers,
+    LinkError,
+    SlabPool,
+    frame_header,
+    rst_stream,
+    settings_frame,
+    window_update,
+)
+from cuvis_cluster.gateway.h2output import LinkOutput, dirty_links, dispatch_depth, flush_dirty
+from cuvis_cluster.gateway.h2stream import Leg
 from cuvis_cluster.gateway.hpackfast import Decoder, Encoder, HpackError
 
 log = logging.getLogger(__name__)
 
-# Frame types (RFC 9113 section 6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    range(10)
-)
-# Flags.
-FLAG_END_STREAM = 0x1
-FLAG_ACK = 0x1
-FLAG_END_HEADERS = 0x4
-FLAG_PADDED = 0x8
-FLAG_PRIORITY = 0x20
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# Error codes (RFC 9113 section 7).
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-
-# Settings identifiers.
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
-
-MAX_FRAME = (1 << 24) - 1
-MAX_WINDOW = (1 << 31) - 1
-DEFAULT_STREAM_WINDOW = 16 << 20
-DEFAULT_CONN_WINDOW = 64 << 20
-SLAB_SIZE = 1 << 20
-MIN_READ = 64 << 10
-WRITE_HIGH_WATER = 4 << 20
-WRITE_LOW_WATER = 1 << 20
-MAX_HEADER_BLOCK = 1 << 20
-
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
-_GOAWAY = struct.Struct(">II")
-
-Headers = list[tuple[bytes, bytes]]
+DEFAULT_LIMITS = H2Limits()
 
 
-def frame_header(length: int, ftype: int, flags: int, stream_id: int) -> bytes:
-    return struct.pack(">BHBBI", length >> 16, length & 0xFFFF, ftype, flags, stream_id)
-
-
-def _window_update(stream_id: int, increment: int) -> bytes:
-    return struct.pack(">BHBBII", 0, 4, WINDOW_UPDATE, 0, stream_id, increment)
-
-
-def _rst(stream_id: int, code: int) -> bytes:
-    return struct.pack(">BHBBII", 0, 4, RST_STREAM, 0, stream_id, code)
-
-
-_SETTINGS_ACK = frame_header(0, SETTINGS, FLAG_ACK, 0)
-
-# Links with output produced while a read is being handled; written when the read is done.
-_dirty: list[Link] = []
-_dispatch_depth = [0]
-
-
-def _flush_dirty() -> None:
-    while _dirty:
-        links = _dirty[:]
-        _dirty.clear()
-        for link in links:
-            link._write_out()
-
-
-class SlabPool:
-    """Receive buffers. A slab goes back into use only when no memoryview of it is alive."""
-
-    def __init__(self, size: int = SLAB_SIZE, keep: int = 32) -> None:
-        self.size = size
-        self.keep = keep
-        self._slabs: list[bytearray] = []
-
-    def take(self, at_least: int) -> bytearray:
-        if at_least <= self.size:
-            for i, slab in enumerate(self._slabs):
-                # References: the list, the loop variable, getrefcount's argument.
-                if sys.getrefcount(slab) <= 3:
-                    del self._slabs[i]
-                    return slab
-        return bytearray(max(at_least, self.size))
-
-    def give(self, slab: bytearray) -> None:
-        if len(slab) == self.size and len(self._slabs) < self.keep:
-            self._slabs.append(slab)
-
-
-class Leg:
-    """One HTTP/2 stream of a link, as the proxy sees it.
-
-    ``handler`` receives the stream's events. What is sent on the leg is queued here and leaves as
-    the peer's flow-control windows allow; ``on_sent(n)`` is called after ``n`` payload bytes were
-    handed to the transport (where the proxy credits the other side).
-    """
-
-    __slots__ = (
-        "closed",
-        "end_queued",
-        "handler",
-        "headers_seen",
-        "link",
-        "on_sent",
-        "out_window",
-        "queue",
-        "queued_bytes",
-        "remote_closed",
-        "sid",
-        "trailers_queued",
-    )
-
-    def __init__(self, link: Link, sid: int, handler: Any = None) -> None:
-        self.link = link
-        self.sid = sid
-        self.handler = handler
-        self.on_sent: Callable[[int], None] | None = None
-        self.queue: deque[memoryview] = deque()
-        self.queued_bytes = 0
-        self.end_queued = False
-        self.trailers_queued: Headers | None = None
-        self.closed = False  # we sent END_STREAM (or RST)
-        self.remote_closed = False  # the peer sent END_STREAM (or RST)
-        self.headers_seen = False
-        self.out_window = link.remote_initial_window
-
-    def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
-        if self.closed:
-            return
-        self.link.send_headers(self, headers, end_stream)
-
-    def send_data(self, chunk: memoryview) -> None:
-        if self.closed or not chunk:
-            return
-        self.queue.append(chunk)
-        self.queued_bytes += len(chunk)
-        self.link.pump(self)
-
-    def send_end(self) -> None:
-        """END_STREAM after everything queued."""
-        if self.closed:
-            return
-        self.end_queued = True
-        self.link.pump(self)
-
-    def send_trailers(self, headers: Headers) -> None:
-        """Trailers (with END_STREAM) after everything queued."""
-        if self.closed:
-            return
-        self.trailers_queued = headers
-        self.link.pump(self)
-
-    def reset(self, code: int = CANCEL) -> None:
-        """RST_STREAM, unless both sides already finished."""
-        if self.closed and self.remote_closed:
-            return
-        self.link.reset_stream(self.sid, code)
-
-
-class _LinkError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Link(asyncio.BufferedProtocol):
+class Link(LinkOutput, asyncio.BufferedProtocol):
     """An HTTP/2 connection, server side (clients connect to us) or client side (we connect out).
 
     Callbacks from the owner:
@@ -222,10 +105,7 @@ class Link(asyncio.BufferedProtocol):
         client_side: bool,
         on_request: Callable[[Link, Leg, Headers], Any] | None = None,
         on_lost: Callable[[Link, BaseException | None], None] | None = None,
-        stream_window: int = DEFAULT_STREAM_WINDOW,
-        conn_window: int = DEFAULT_CONN_WINDOW,
-        max_concurrent_streams: int = 1000,
-        max_header_list_size: int = 1 << 16,
+        limits: H2Limits = DEFAULT_LIMITS,
         pool: SlabPool | None = None,
         name: str = "",
     ) -> None:
@@ -233,16 +113,18 @@ class Link(asyncio.BufferedProtocol):
         self.name = name
         self.on_request = on_request
         self.on_lost = on_lost
-        self.stream_window = stream_window
-        self.conn_window = conn_window
-        self.max_concurrent_streams = max_concurrent_streams
-        self.max_header_list_size = max_header_list_size
-        self.decoder = Decoder(4096, max_header_list_size)
+        self.limits = limits
+        self.stream_window = limits.stream_window
+        # Read on every frame: plain attributes, not lookups through ``limits``.
+        self.max_frame = limits.max_frame
+        self._max_header_block = limits.max_header_block
+        self._min_read = limits.min_read
+        self.decoder = Decoder(4096, limits.max_header_list)
         self.encoder = Encoder()
         self.transport: asyncio.Transport | None = None
         self.legs: dict[int, Leg] = {}
-        self.pool = pool or SlabPool()
-        self._slab = self.pool.take(SLAB_SIZE)
+        self.pool = pool or SlabPool(limits.read_buffer, limits.pooled_buffers)
+        self._slab = self.pool.take(self.pool.size)
         self._mv = memoryview(self._slab)
         self._rpos = 0
         self._wpos = 0
@@ -259,16 +141,16 @@ class Link(asyncio.BufferedProtocol):
         self._hb_parts: list[bytes] = []
         self._hb_size = 0
         # Peer settings and our outbound windows.
-        self.remote_initial_window = 65535
-        self.remote_max_frame = 16384
+        self.remote_initial_window = INITIAL_WINDOW
+        self.remote_max_frame = MIN_MAX_FRAME
         self.remote_max_streams = 1 << 31
-        self.out_conn_window = 65535
+        self.out_conn_window = INITIAL_WINDOW
         # Inbound flow control: our windows as the peer sees them, and consumed-but-uncredited bytes.
-        self._in_conn = 65535
+        self._in_conn = INITIAL_WINDOW
         self._in_streams: dict[int, int] = {}
         self._credit_conn = 0
         self._credit_streams: dict[int, int] = {}
-        self._credit_threshold = max(min(stream_window, conn_window) // 4, 1)
+        self._credit_threshold = max(min(limits.stream_window, limits.connection_window) // 4, 1)
         self._write_paused = False
         self._out: list[Any] = []
         self._write_scheduled = False
@@ -285,9 +167,11 @@ class Link(asyncio.BufferedProtocol):
         self.pings_outstanding = 0
 
     # -- asyncio protocol ------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream protocol is always given a (read/write) Transport.
+        transport = self.transport = cast(asyncio.Transport, transport)
+        limits = self.limits
+        transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
         self.ssl_object = transport.get_extra_info("ssl_object")
         if self.ssl_object is not None:
             if self.ssl_object.selected_alpn_protocol() != "h2":
@@ -302,21 +186,20 @@ class Link(asyncio.BufferedProtocol):
             except OSError:
                 pass
         settings = [
-            (S_MAX_CONCURRENT_STREAMS, self.max_concurrent_streams),
+            (S_MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams),
             (S_INITIAL_WINDOW_SIZE, self.stream_window),
-            (S_MAX_FRAME_SIZE, MAX_FRAME),
-            (S_MAX_HEADER_LIST_SIZE, self.max_header_list_size),
+            (S_MAX_FRAME_SIZE, limits.max_frame),
+            (S_MAX_HEADER_LIST_SIZE, limits.max_header_list),
         ]
         if self.client_side:
             settings.append((S_ENABLE_PUSH, 0))
-        body = b"".join(_SETTING.pack(k, v) for k, v in settings)
         out = [PREFACE] if self.client_side else []
-        out.append(frame_header(len(body), SETTINGS, 0, 0) + body)
-        bump = self.conn_window - 65535
+        out.append(settings_frame(settings))
+        bump = limits.connection_window - INITIAL_WINDOW
         if bump > 0:
-            out.append(_window_update(0, bump))
+            out.append(window_update(0, bump))
             self._in_conn += bump
-        transport.writelines(out)  # type: ignore[attr-defined]
+        transport.writelines(out)
         if self._wpos > self._rpos:
             self._process()
 
@@ -346,13 +229,13 @@ class Link(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         free = len(self._slab) - self._wpos
-        if free < MIN_READ or self._need > len(self._slab) - self._rpos:
+        if free < self._min_read or self._need > len(self._slab) - self._rpos:
             self._rotate()
         return self._mv[self._wpos :]
 
     def _rotate(self) -> None:
         keep = self._wpos - self._rpos
-        need = max(self._need, keep + MIN_READ)
+        need = max(self._need, keep + self._min_read)
         old_slab, old_mv = self._slab, self._mv
         slab = self.pool.take(need)
         mv = memoryview(slab)
@@ -367,18 +250,18 @@ class Link(asyncio.BufferedProtocol):
         self._wpos += nbytes
         if self.transport is None:
             return  # TLS: bytes that arrived before start_tls handed us the transport
-        _dispatch_depth[0] += 1
+        dispatch_depth[0] += 1
         try:
             self._process()
         finally:
-            _dispatch_depth[0] -= 1
-            if not _dispatch_depth[0] and _dirty:
-                _flush_dirty()
+            dispatch_depth[0] -= 1
+            if not dispatch_depth[0] and dirty_links:
+                flush_dirty()
 
     def _process(self) -> None:
         try:
             self._parse()
-        except _LinkError as exc:
+        except LinkError as exc:
             log.info("%s: %s", self.name or "http/2 connection", exc)
             self._fail(exc.code, str(exc))
         except HpackError as exc:
@@ -391,6 +274,7 @@ class Link(asyncio.BufferedProtocol):
     # -- parsing ---------------------------------------------------------------------------------
     def _parse(self) -> None:
         mv = self._mv
+        max_frame = self.max_frame
         while not self.closed:
             avail = self._wpos - self._rpos
             if self._preface_left:
@@ -399,7 +283,7 @@ class Link(asyncio.BufferedProtocol):
                     return
                 start = len(PREFACE) - self._preface_left
                 if mv[self._rpos : self._rpos + take] != PREFACE[start : start + take]:
-                    raise _LinkError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    raise LinkError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 self._rpos += take
                 self._preface_left -= take
                 continue
@@ -413,14 +297,14 @@ class Link(asyncio.BufferedProtocol):
             length = (mv[r] << 16) | (mv[r + 1] << 8) | mv[r + 2]
             ftype = mv[r + 3]
             flags = mv[r + 4]
-            sid = _U32.unpack_from(mv, r + 5)[0] & 0x7FFFFFFF
-            if length > MAX_FRAME:
-                raise _LinkError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            sid = U32.unpack_from(mv, r + 5)[0] & 0x7FFFFFFF
+            if length > max_frame:
+                raise LinkError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
             if self._hb_parts and ftype != CONTINUATION:
-                raise _LinkError(PROTOCOL_ERROR, "header block interrupted")
+                raise LinkError(PROTOCOL_ERROR, "header block interrupted")
             if ftype == DATA:
                 if sid == 0:
-                    raise _LinkError(PROTOCOL_ERROR, "DATA on stream 0")
+                    raise LinkError(PROTOCOL_ERROR, "DATA on stream 0")
                 self._data_sid = sid
                 self._data_flags = flags
                 self._data_left = length
@@ -451,7 +335,7 @@ class Link(asyncio.BufferedProtocol):
             self._data_pad_pending = False
             self.credit(self._data_sid, 1)
             if self._data_pad > self._data_left:
-                raise _LinkError(PROTOCOL_ERROR, "DATA padding longer than the frame")
+                raise LinkError(PROTOCOL_ERROR, "DATA padding longer than the frame")
         payload_left = self._data_left - self._data_pad
         if payload_left > 0:
             n = min(avail, payload_left)
@@ -488,28 +372,28 @@ class Link(asyncio.BufferedProtocol):
     def _account_inbound(self, sid: int, length: int) -> None:
         self._in_conn -= length
         if self._in_conn < 0:
-            raise _LinkError(FLOW_CONTROL_ERROR, "peer overran the connection window")
+            raise LinkError(FLOW_CONTROL_ERROR, "peer overran the connection window")
         window = self._in_streams.get(sid)
         if window is not None:
             window -= length
             self._in_streams[sid] = window
             if window < 0:
-                raise _LinkError(FLOW_CONTROL_ERROR, f"peer overran the window of stream {sid}")
+                raise LinkError(FLOW_CONTROL_ERROR, f"peer overran the window of stream {sid}")
 
     def _frame(self, ftype: int, flags: int, sid: int, payload: memoryview) -> None:
         if ftype == HEADERS:
             if sid == 0:
-                raise _LinkError(PROTOCOL_ERROR, "HEADERS on stream 0")
+                raise LinkError(PROTOCOL_ERROR, "HEADERS on stream 0")
             pos, end = 0, len(payload)
             if flags & FLAG_PADDED:
                 if not end:
-                    raise _LinkError(PROTOCOL_ERROR, "bad padding")
+                    raise LinkError(PROTOCOL_ERROR, "bad padding")
                 end -= payload[0]
                 pos = 1
             if flags & FLAG_PRIORITY:
                 pos += 5
             if end < pos:
-                raise _LinkError(PROTOCOL_ERROR, "bad HEADERS padding")
+                raise LinkError(PROTOCOL_ERROR, "bad HEADERS padding")
             fragment = bytes(payload[pos:end])
             if flags & FLAG_END_HEADERS:
                 self._headers(sid, flags, fragment)
@@ -522,37 +406,37 @@ class Link(asyncio.BufferedProtocol):
                 )
         elif ftype == CONTINUATION:
             if not self._hb_parts or sid != self._hb_sid:
-                raise _LinkError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+                raise LinkError(PROTOCOL_ERROR, "unexpected CONTINUATION")
             self._hb_parts.append(bytes(payload))
             self._hb_size += len(payload)
-            if self._hb_size > MAX_HEADER_BLOCK:
-                raise _LinkError(PROTOCOL_ERROR, "header block too large")
+            if self._hb_size > self._max_header_block:
+                raise LinkError(PROTOCOL_ERROR, "header block too large")
             if flags & FLAG_END_HEADERS:
                 parts, self._hb_parts = self._hb_parts, []
                 self._headers(self._hb_sid, self._hb_flags, b"".join(parts))
         elif ftype == SETTINGS:
             if sid:
-                raise _LinkError(PROTOCOL_ERROR, "SETTINGS on a stream")
+                raise LinkError(PROTOCOL_ERROR, "SETTINGS on a stream")
             if flags & FLAG_ACK:
                 return
             if len(payload) % 6:
-                raise _LinkError(FRAME_SIZE_ERROR, "SETTINGS length")
+                raise LinkError(FRAME_SIZE_ERROR, "SETTINGS length")
             for off in range(0, len(payload), 6):
-                key, value = _SETTING.unpack_from(payload, off)
+                key, value = SETTING.unpack_from(payload, off)
                 self._setting(key, value)
-            self._out.append(_SETTINGS_ACK)
+            self._out.append(SETTINGS_ACK)
             self._schedule()
             self._pump_blocked()
         elif ftype == WINDOW_UPDATE:
             if len(payload) != 4:
-                raise _LinkError(FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
-            inc = _U32.unpack_from(payload)[0] & 0x7FFFFFFF
+                raise LinkError(FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+            inc = U32.unpack_from(payload)[0] & 0x7FFFFFFF
             if sid == 0:
                 if inc == 0:
-                    raise _LinkError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                    raise LinkError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
                 self.out_conn_window += inc
                 if self.out_conn_window > MAX_WINDOW:
-                    raise _LinkError(FLOW_CONTROL_ERROR, "connection window overflow")
+                    raise LinkError(FLOW_CONTROL_ERROR, "connection window overflow")
                 self._pump_blocked()
             else:
                 leg = self.legs.get(sid)
@@ -569,7 +453,7 @@ class Link(asyncio.BufferedProtocol):
                     self.pump(leg)
         elif ftype == PING:
             if len(payload) != 8 or sid:
-                raise _LinkError(FRAME_SIZE_ERROR, "bad PING")
+                raise LinkError(FRAME_SIZE_ERROR, "bad PING")
             if flags & FLAG_ACK:
                 self.pings_outstanding = max(0, self.pings_outstanding - 1)
             else:
@@ -577,8 +461,8 @@ class Link(asyncio.BufferedProtocol):
                 self._schedule()
         elif ftype == RST_STREAM:
             if len(payload) != 4 or sid == 0:
-                raise _LinkError(PROTOCOL_ERROR, "bad RST_STREAM")
-            code = _U32.unpack_from(payload)[0]
+                raise LinkError(PROTOCOL_ERROR, "bad RST_STREAM")
+            code = U32.unpack_from(payload)[0]
             leg = self.legs.get(sid)
             self._drop(sid)
             if leg is not None:
@@ -589,29 +473,29 @@ class Link(asyncio.BufferedProtocol):
                     leg.handler.leg_reset(leg, code)
         elif ftype == GOAWAY:
             if len(payload) < 8:
-                raise _LinkError(FRAME_SIZE_ERROR, "GOAWAY length")
-            last, code = _GOAWAY.unpack_from(payload)
+                raise LinkError(FRAME_SIZE_ERROR, "GOAWAY length")
+            last, code = GOAWAY_BODY.unpack_from(payload)
             self._goaway(last & 0x7FFFFFFF, code)
         elif ftype == PUSH_PROMISE:
-            raise _LinkError(PROTOCOL_ERROR, "server push is not accepted")
+            raise LinkError(PROTOCOL_ERROR, "server push is not accepted")
         # PRIORITY and unknown frame types are ignored (RFC 9113 sections 5.5, 6.3).
 
     def _setting(self, key: int, value: int) -> None:
         if key == S_INITIAL_WINDOW_SIZE:
             if value > MAX_WINDOW:
-                raise _LinkError(FLOW_CONTROL_ERROR, "initial window too large")
+                raise LinkError(FLOW_CONTROL_ERROR, "initial window too large")
             delta = value - self.remote_initial_window
             self.remote_initial_window = value
             for leg in self.legs.values():
                 leg.out_window += delta
         elif key == S_MAX_FRAME_SIZE:
-            if not 16384 <= value <= MAX_FRAME:
-                raise _LinkError(PROTOCOL_ERROR, "bad max frame size")
+            if not MIN_MAX_FRAME <= value <= MAX_FRAME:
+                raise LinkError(PROTOCOL_ERROR, "bad max frame size")
             self.remote_max_frame = value
         elif key == S_MAX_CONCURRENT_STREAMS:
             self.remote_max_streams = value
         elif key == S_ENABLE_PUSH and value > 1:
-            raise _LinkError(PROTOCOL_ERROR, "bad ENABLE_PUSH")
+            raise LinkError(PROTOCOL_ERROR, "bad ENABLE_PUSH")
         # HEADER_TABLE_SIZE: our encoder never uses the dynamic table. MAX_HEADER_LIST_SIZE: advisory.
 
     def _headers(self, sid: int, flags: int, block: bytes) -> None:
@@ -622,10 +506,10 @@ class Link(asyncio.BufferedProtocol):
             if self.client_side or sid <= self.highest_inbound:
                 return  # a stream we already reset or finished
             if sid % 2 == 0:
-                raise _LinkError(PROTOCOL_ERROR, "even stream id from a client")
+                raise LinkError(PROTOCOL_ERROR, "even stream id from a client")
             self.highest_inbound = sid
             if self.goaway_sent:
-                self._write_raw(_rst(sid, REFUSED_STREAM))
+                self._write_raw(rst_stream(sid, REFUSED_STREAM))
                 return
             leg = Leg(self, sid)
             leg.headers_seen = True
@@ -684,7 +568,6 @@ class Link(asyncio.BufferedProtocol):
         if code != NO_ERROR or not self.legs:
             self.close()
 
-    # -- sending ---------------------------------------------------------------------------------
     def open_stream(self, headers: Headers, handler: Any, end_stream: bool = False) -> Leg:
         sid = self._next_sid
         self._next_sid += 2
@@ -701,186 +584,3 @@ class Link(asyncio.BufferedProtocol):
             and len(self.legs) < self.remote_max_streams
             and self._next_sid < MAX_WINDOW - 1000
         )
-
-    def send_headers(self, leg: Leg, headers: Headers, end_stream: bool) -> None:
-        if self.closed:
-            return
-        block = self.encoder.encode(headers)
-        flags = FLAG_END_STREAM if end_stream else 0
-        out = self._out
-        limit = self.remote_max_frame
-        if len(block) <= limit:
-            out.append(frame_header(len(block), HEADERS, flags | FLAG_END_HEADERS, leg.sid))
-            out.append(block)
-        else:
-            first, rest = block[:limit], block[limit:]
-            out.append(frame_header(len(first), HEADERS, flags, leg.sid))
-            out.append(first)
-            while rest:
-                piece, rest = rest[:limit], rest[limit:]
-                out.append(frame_header(len(piece), CONTINUATION, 0 if rest else FLAG_END_HEADERS, leg.sid))
-                out.append(piece)
-        self._schedule()
-        if end_stream:
-            self.local_done(leg)
-
-    def reset_stream(self, sid: int, code: int) -> None:
-        leg = self.legs.get(sid)
-        if leg is not None:
-            leg.closed = leg.remote_closed = True
-            leg.queue.clear()
-        self._drop(sid)
-        if not self.closed:
-            self._write_raw(_rst(sid, code))
-
-    def local_done(self, leg: Leg) -> None:
-        """We sent END_STREAM on ``leg``; forget it once the peer has finished too."""
-        leg.closed = True
-        self._blocked.pop(leg.sid, None)
-        if leg.remote_closed:
-            self._drop(leg.sid)
-
-    def _drop(self, sid: int) -> None:
-        self.legs.pop(sid, None)
-        self._blocked.pop(sid, None)
-        self._in_streams.pop(sid, None)
-        self._credit_streams.pop(sid, None)
-        if self.goaway_received and not self.legs:
-            self._loop.call_soon(self.close)
-
-    def _write_raw(self, data: bytes) -> None:
-        self._out.append(data)
-        self._schedule()
-
-    def pump(self, leg: Leg) -> None:
-        """Send what ``leg`` has queued, as far as windows and the transport allow."""
-        if self.closed or leg.closed:
-            return
-        if self._write_paused:
-            self._blocked[leg.sid] = leg
-            return
-        queue = leg.queue
-        if queue:
-            out = self._out
-            max_frame = self.remote_max_frame
-            sid = leg.sid
-            sent = 0
-            while queue:
-                window = min(self.out_conn_window, leg.out_window)
-                if window <= 0:
-                    break
-                chunk = queue[0]
-                n = len(chunk)
-                if n > window or n > max_frame:
-                    n = min(window, max_frame)
-                    queue[0] = chunk[n:]
-                    chunk = chunk[:n]
-                else:
-                    queue.popleft()
-                out.append(frame_header(n, DATA, 0, sid))
-                out.append(chunk)
-                self.out_conn_window -= n
-                leg.out_window -= n
-                sent += n
-            if sent:
-                self._schedule()
-                leg.queued_bytes -= sent
-                if leg.on_sent is not None:
-                    leg.on_sent(sent)
-            if queue:
-                self._blocked[leg.sid] = leg
-                return
-        self._blocked.pop(leg.sid, None)
-        if leg.closed:
-            return
-        if leg.trailers_queued is not None:
-            headers, leg.trailers_queued = leg.trailers_queued, None
-            self.send_headers(leg, headers, True)
-        elif leg.end_queued:
-            leg.end_queued = False
-            self._write_raw(frame_header(0, DATA, FLAG_END_STREAM, leg.sid))
-            self.local_done(leg)
-
-    def _pump_blocked(self) -> None:
-        if not self._blocked:
-            return
-        for leg in list(self._blocked.values()):
-            if self._write_paused:
-                return
-            self.pump(leg)
-
-    def credit(self, sid: int, n: int) -> None:
-        """The proxy passed on ``n`` bytes received on stream ``sid``: let the peer send more.
-
-        WINDOW_UPDATEs go out once a quarter of a window has been consumed, per stream and for the
-        connection; only the stream at hand and the connection are looked at (constant time).
-        """
-        threshold = self._credit_threshold
-        conn = self._credit_conn + n
-        if conn >= threshold and not self.closed:
-            self._out.append(_window_update(0, conn))
-            self._in_conn += conn
-            conn = 0
-            self._schedule()
-        self._credit_conn = conn
-        window = self._in_streams.get(sid)
-        if window is None:
-            return
-        pending = self._credit_streams.get(sid, 0) + n
-        if pending >= threshold and not self.closed:
-            self._out.append(_window_update(sid, pending))
-            self._in_streams[sid] = window + pending
-            self._credit_streams.pop(sid, None)
-            self._schedule()
-        else:
-            self._credit_streams[sid] = pending
-
-    def _schedule(self) -> None:
-        # Everything produced while handling one read leaves in one writev per connection when that
-        # read has been handled (no extra loop iteration); from other callbacks, at the end of this
-        # loop iteration.
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            if _dispatch_depth[0]:
-                _dirty.append(self)
-            else:
-                self._loop.call_soon(self._write_out)
-
-    def _write_out(self) -> None:
-        self._write_scheduled = False
-        out, self._out = self._out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writelines(out)
-
-    def ping(self, payload: bytes = b"cuvisgw!") -> None:
-        if not self.closed:
-            self.pings_outstanding += 1
-            self._write_raw(frame_header(8, PING, 0, 0) + payload[:8].ljust(8, b"\0"))
-
-    def goaway(self, code: int = NO_ERROR) -> None:
-        """Tell the peer that no new streams will be accepted (graceful shutdown)."""
-        if self.closed or self.goaway_sent:
-            return
-        self.goaway_sent = True
-        self._write_raw(frame_header(8, GOAWAY, 0, 0) + _GOAWAY.pack(self.highest_inbound, code))
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self._write_out()
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _fail(self, code: int, message: str = "") -> None:
-        if self.closed:
-            return
-        debug = message.encode("utf-8", "replace")[:200]
-        self._write_raw(
-            frame_header(8 + len(debug), GOAWAY, 0, 0) + _GOAWAY.pack(self.highest_inbound, code) + debug
-        )
-        self.close()

@@ -18,8 +18,8 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 STATIC = tuple((bytes(n), bytes(v)) for n, v in HeaderTable.STATIC_TABLE)
-_STATIC_FULL = {}
-_STATIC_NAME = {}
+_STATIC_FULL: dict[tuple[bytes, bytes], int] = {}
+_STATIC_NAME: dict[bytes, int] = {}
 for _i, (_n, _v) in enumerate(STATIC, start=1):
     _STATIC_FULL.setdefault((_n, _v), _i)
     _STATIC_NAME.setdefault(_n, _i)

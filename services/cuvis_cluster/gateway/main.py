@@ -3,7 +3,7 @@
 Clients speak ``cuvis_ai.v1.CuvisAIService`` (plus health and reflection) to any gateway replica;
 each call is forwarded, without decoding its body, to the worker that holds its session
 (:mod:`cuvis_cluster.gateway.proxy`, :mod:`cuvis_cluster.gateway.router`). The session map lives in
-Redis (:mod:`cuvis_cluster.gateway.redis_schema`), so replicas share nothing but Redis.
+Redis (:mod:`cuvis_cluster.routing.redis_schema`), so replicas share nothing but Redis.
 
 Shutdown on SIGTERM/SIGINT: health NOT_SERVING, the listening socket closes, clients get GOAWAY, running
 calls and Train streams get ``--grace-seconds``; a second signal stops at once.
@@ -25,13 +25,14 @@ from cuvis_cluster import __version__
 from cuvis_cluster.common.serving import configure_logging
 from cuvis_cluster.common.settings import GatewaySettings
 from cuvis_cluster.common.telemetry import GatewayMetrics, serve_metrics
-from cuvis_cluster.gateway.h2link import SlabPool
-from cuvis_cluster.gateway.local import LOCAL_METHODS, LOCAL_PATHS, OPEN_PATHS, LocalServices
+from cuvis_cluster.gateway.frontend import FrontEnd
+from cuvis_cluster.gateway.h2frames import H2Limits, SlabPool
+from cuvis_cluster.gateway.own_services import LOCAL_METHODS, LOCAL_PATHS, OPEN_PATHS, LocalServices
 from cuvis_cluster.gateway.placement import PlacementPolicy
-from cuvis_cluster.gateway.proxy import FrontEnd, Upstreams
 from cuvis_cluster.gateway.registry import Registry, grpc_probe
 from cuvis_cluster.gateway.router import SessionRouter
 from cuvis_cluster.gateway.security import ServerTls, TokenFile, client_tls
+from cuvis_cluster.gateway.upstreams import Upstreams
 
 log = logging.getLogger("cuvis_cluster.gateway")
 
@@ -87,7 +88,7 @@ class Gateway:
                 certificate_chain=s.worker_tls_cert.read_bytes() if s.worker_tls_cert else None,
             )
 
-        async def probe(address: str) -> str | None:
+        async def probe(address: str) -> tuple[str, str]:
             return await grpc_probe(address, credentials=probe_credentials)
 
         self.registry = Registry(
@@ -100,8 +101,11 @@ class Gateway:
         )
         self.local = LocalServices(self.registry)
         self.local.start()
-        pool = SlabPool()
-        self.upstreams = Upstreams(ssl_context=worker_ssl, server_name=s.worker_tls_server_name, pool=pool)
+        limits = http2_limits(s)
+        pool = SlabPool(limits.read_buffer, limits.pooled_buffers)
+        self.upstreams = Upstreams(
+            ssl_context=worker_ssl, server_name=s.worker_tls_server_name, pool=pool, limits=limits
+        )
         self.router = SessionRouter(
             self.registry,
             local_address=f"local:{self.local.address}",
@@ -115,7 +119,7 @@ class Gateway:
             metrics=self.metrics,
             max_message_bytes=s.max_message_bytes,
         )
-        self.frontend = FrontEnd(self.router, self.upstreams, metrics=self.metrics, pool=pool)
+        self.frontend = FrontEnd(self.router, self.upstreams, metrics=self.metrics, pool=pool, limits=limits)
         self.upstreams.on_lost = lambda address, exc: self.registry.connection_failed(address)
         self.registry.on_lost.append(self._worker_lost)
         self.registry.listeners.append(self._update_health)
@@ -217,8 +221,26 @@ class Gateway:
         log.info("gateway stopped")
 
 
-def _install_uvloop() -> None:
-    if os.environ.get("CUVIS_GATEWAY_LOOP", "uvloop") == "asyncio":
+def http2_limits(s: GatewaySettings) -> H2Limits:
+    """The HTTP/2 engine's limits from the ``http2_*`` settings."""
+    return H2Limits(
+        stream_window=s.http2_stream_window_bytes,
+        connection_window=s.http2_connection_window_bytes,
+        max_frame=s.http2_max_frame_bytes,
+        max_header_list=s.http2_max_header_list_bytes,
+        max_header_block=s.http2_max_header_block_bytes,
+        max_concurrent_streams=s.http2_max_concurrent_streams,
+        write_high_water=s.http2_write_high_water_bytes,
+        write_low_water=s.http2_write_low_water_bytes,
+        read_buffer=s.http2_read_buffer_bytes,
+        min_read=s.http2_min_read_bytes,
+        pooled_buffers=s.http2_pooled_buffers,
+    )
+
+
+def _install_event_loop(event_loop: str) -> None:
+    """uvloop unless ``--event-loop asyncio`` (or uvloop is not installed)."""
+    if event_loop == "asyncio":
         return
     try:
         import uvloop
@@ -253,7 +275,7 @@ async def serve(settings: GatewaySettings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings = GatewaySettings.from_args(argv, prog="cuvis-gateway", description=DESCRIPTION)
     configure_logging(settings.log_level)
-    _install_uvloop()
+    _install_event_loop(settings.event_loop)
     sys.exit(asyncio.run(serve(settings)))
 
 

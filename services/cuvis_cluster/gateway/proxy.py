@@ -2,43 +2,49 @@
 
 A call goes through three phases:
 
-1. **Head.** The request HEADERS give the method (``:path``). The :class:`Router` says what the
-   call needs: nothing (session-less, placement, local services) or the value of a request field
-   (the session id).
+1. **Head.** The request HEADERS give the method (``:path``). The router
+   (:class:`~cuvis_cluster.gateway.routes.Router`) says what the call needs: nothing (session-less,
+   placement, local services) or the value of a request field (the session id).
 2. **Scan.** Request DATA is fed to a :class:`~cuvis_cluster.gateway.scan.FieldScanner` and kept
    (as memoryviews of the receive slabs) until the field is known, usually within the first DATA
    frame. The router then answers from its cache at once, or after one Redis round trip.
-3. **Forward.** A stream is opened on a pooled connection to the chosen worker; what was kept is
+3. **Forward.** A stream is opened on a pooled connection to the chosen worker
+   (:mod:`cuvis_cluster.gateway.upstreams`); what was kept is
    sent, and from then on every DATA piece is forwarded as it arrives. Client bytes are credited back
    to the client (WINDOW_UPDATE) only once written towards the worker, so the worker's pace limits the
    client end to end. Responses travel the other way the same way.
 
 Errors that the gateway itself decides are sent as trailers-only responses with a percent-encoded
-``grpc-message``; the worker's own statuses pass through untouched.
+``grpc-message``; the worker's own statuses pass through untouched. Client connections are accepted
+by :class:`~cuvis_cluster.gateway.frontend.FrontEnd`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from cuvis_cluster import errors
 from cuvis_cluster.gateway import grpcwire
-from cuvis_cluster.gateway.h2link import CANCEL, NO_ERROR, REFUSED_STREAM, Leg, Link, SlabPool
+from cuvis_cluster.gateway.h2frames import CANCEL, NO_ERROR, REFUSED_STREAM
+from cuvis_cluster.gateway.h2link import Leg, Link
+from cuvis_cluster.gateway.routes import Plan, Route
 from cuvis_cluster.gateway.scan import FieldScanner, ScanError, message_too_large
+from cuvis_cluster.gateway.upstreams import reason
 from cuvis_cluster.wire.status import status_for
+
+if TYPE_CHECKING:
+    from cuvis_cluster.gateway.frontend import FrontEnd
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-CONNECT_TIMEOUT = 5.0
 
 # RST_STREAM codes from a worker, as the status the client should see (gRPC HTTP/2 spec).
 _RST_STATUS = {
@@ -46,126 +52,6 @@ _RST_STATUS = {
     REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
     CANCEL: grpc.StatusCode.CANCELLED,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a call goes and what the worker must be told."""
-
-    address: str
-    instance: str = ""
-    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
-    local: bool = False
-
-
-@dataclass(slots=True)
-class Plan:
-    """What the router needs before it can route a call."""
-
-    method: str  # short label for metrics, e.g. "Inference"
-    field_number: int = 0  # request field to scan for (0: route on headers alone)
-    field_name: str = "session_id"
-    resolve: Callable[[Call, str], Route | Awaitable[Route]] | None = None
-    route: Route | None = None  # decided from the headers alone
-    error: errors.CuvisError | None = None
-    after: Callable[[Call, int, str], None] | None = None  # sees the final status
-    max_message: int = 0  # largest request message accepted (0: no limit)
-
-
-class Router:
-    """Interface the front end needs from the routing layer."""
-
-    def plan(self, call: Call) -> Plan:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def upstream_lost(self, route: Route, exc: BaseException | None) -> None:
-        """A worker connection failed (connect error or lost mid-call)."""
-
-
-class Upstreams:
-    """Pooled HTTP/2 connections to workers (and to the gateway's local services, ``local:HOST:PORT``)."""
-
-    def __init__(self, *, ssl_context: Any = None, server_name: str | None = None, pool: SlabPool) -> None:
-        self.ssl_context = ssl_context
-        self.server_name = server_name
-        self.pool = pool
-        self._links: dict[str, list[Link]] = {}
-        self._connecting: dict[str, asyncio.Future[Link]] = {}
-        self.on_lost: Callable[[str, BaseException | None], None] | None = None
-
-    def ready(self, address: str) -> Link | None:
-        for link in self._links.get(address, ()):
-            if link.can_open():
-                return link
-        return None
-
-    async def get(self, address: str) -> Link:
-        link = self.ready(address)
-        if link is not None:
-            return link
-        pending = self._connecting.get(address)
-        if pending is None:
-            pending = asyncio.ensure_future(self._connect(address))
-            self._connecting[address] = pending
-            pending.add_done_callback(lambda _f: self._connecting.pop(address, None))
-        return await asyncio.shield(pending)
-
-    async def _connect(self, address: str) -> Link:
-        loop = asyncio.get_running_loop()
-
-        def factory() -> Link:
-            return Link(client_side=True, on_lost=self._lost, pool=self.pool, name=f"upstream {address}")
-
-        try:
-            if address.startswith("unix:"):
-                coro = loop.create_unix_connection(factory, address[5:])
-            else:
-                # "local:HOST:PORT" is the gateway's own services: loopback, never TLS.
-                local = address.startswith("local:")
-                host, _, port = address.removeprefix("local:").rpartition(":")
-                host = host.strip("[]")
-                ssl = None if local else self.ssl_context
-                coro = loop.create_connection(
-                    factory,
-                    host,
-                    int(port),
-                    ssl=ssl,
-                    server_hostname=(self.server_name or host) if ssl else None,
-                )
-            _transport, link = await asyncio.wait_for(coro, CONNECT_TIMEOUT)
-        except (TimeoutError, OSError) as exc:
-            raise errors.Unavailable(f"cannot connect to worker {address}: {_reason(exc)}") from None
-        link.extra["address"] = address
-        self._links.setdefault(address, []).append(link)
-        return link
-
-    def _lost(self, link: Link, exc: BaseException | None) -> None:
-        address = link.extra.get("address", "")
-        links = self._links.get(address)
-        if links and link in links:
-            links.remove(link)
-            if not links:
-                del self._links[address]
-        if self.on_lost is not None and address and not address.startswith(("unix:", "local:")):
-            self.on_lost(address, exc)
-
-    def drop(self, address: str) -> None:
-        """Close every connection to ``address`` (its worker was declared lost)."""
-        for link in list(self._links.get(address, ())):
-            link.abort()
-
-    def close(self) -> None:
-        for links in list(self._links.values()):
-            for link in list(links):
-                link.close()
-
-
-def _reason(exc: BaseException | None) -> str:
-    if exc is None:
-        return "connection closed"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -380,7 +266,7 @@ class Call:
         if self.route is not None:
             self.fe.router.upstream_lost(self.route, exc)
         self.fail(
-            UNAVAILABLE, f"lost the connection to worker {self._where()} during the call: {_reason(exc)}"
+            UNAVAILABLE, f"lost the connection to worker {self._where()} during the call: {reason(exc)}"
         )
 
     # -- worker leg events -----------------------------------------------------------------------
@@ -611,123 +497,3 @@ class Call:
         if r is None:
             return "?"
         return f"{r.address} (instance {r.instance})" if r.instance else r.address
-
-
-class FrontEnd:
-    """Accepts client connections, runs calls, keeps metrics; knows nothing about Redis."""
-
-    def __init__(
-        self,
-        router: Router,
-        upstreams: Upstreams,
-        *,
-        metrics: Any = None,
-        pool: SlabPool | None = None,
-        identify: Callable[[Link, Call], str] | None = None,
-    ) -> None:
-        self.router = router
-        self.upstreams = upstreams
-        self.metrics = metrics
-        self.pool = pool or upstreams.pool
-        self.identify = identify
-        self.links: set[Link] = set()
-        self.calls: set[Call] = set()
-        self.accepting = True
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._in_flight: dict[str, int] = {}
-        self._finished: list[tuple[str, int, float, int, int]] = []
-
-    def protocol_factory(self) -> Link:
-        link = Link(client_side=False, on_request=self._on_request, on_lost=self._on_lost, pool=self.pool)
-        self.links.add(link)
-        return link
-
-    def _on_lost(self, link: Link, exc: BaseException | None) -> None:
-        self.links.discard(link)
-
-    def _on_request(self, link: Link, leg: Leg, headers: list[tuple[bytes, bytes]]) -> Call | None:
-        if not self.accepting:
-            return None
-        call = Call(self, leg, headers)
-        self.calls.add(call)
-        self._idle.clear()
-        return call
-
-    # -- metrics ---------------------------------------------------------------------------------
-    # Per-call work is a dict update and a list append; :meth:`flush_metrics` (called by the gateway
-    # about twice a second and before shutdown) moves the totals into the Prometheus objects. This
-    # keeps prometheus_client's locks off the per-call path.
-    def metrics_start(self, call: Call) -> None:
-        if self.metrics is not None and not call.counted:
-            call.counted = True
-            method = call.method
-            count = self._in_flight.get(method)
-            if count is None:
-                self.metrics.in_flight.labels(method).set_function(lambda m=method: self._in_flight[m])
-                count = 0
-            self._in_flight[method] = count + 1
-
-    def call_done(self, call: Call, message: str) -> None:
-        if call not in self.calls:
-            return
-        self.calls.discard(call)
-        if not self.calls:
-            self._idle.set()
-        plan = call.plan
-        status = call.status if call.status is not None else grpc.StatusCode.UNKNOWN.value[0]
-        if plan is not None and plan.after is not None:
-            try:
-                plan.after(call, status, message)
-            except Exception:
-                log.exception("after-call hook failed")
-        if self.metrics is not None:
-            if call.counted:
-                self._in_flight[call.method] -= 1
-            stats = call.stats
-            self._finished.append(
-                (call.method, status, time.perf_counter() - stats.started, stats.bytes_in, stats.bytes_out)
-            )
-            if len(self._finished) >= 10_000:
-                self.flush_metrics()
-
-    def flush_metrics(self) -> None:
-        finished, self._finished = self._finished, []
-        if not finished or self.metrics is None:
-            return
-        m = self.metrics
-        counts: dict[tuple[str, int], int] = {}
-        sizes: dict[str, list[int]] = {}
-        for method, status, seconds, bytes_in, bytes_out in finished:
-            counts[(method, status)] = counts.get((method, status), 0) + 1
-            total = sizes.get(method)
-            if total is None:
-                sizes[method] = [bytes_in, bytes_out]
-            else:
-                total[0] += bytes_in
-                total[1] += bytes_out
-            m.latency.labels(method).observe(seconds)
-        for (method, status), n in counts.items():
-            m.requests.labels(method, grpcwire.CODE_NAME.get(status, "UNKNOWN")).inc(n)
-        for method, (bytes_in, bytes_out) in sizes.items():
-            m.bytes_in.labels(method).inc(bytes_in)
-            m.bytes_out.labels(method).inc(bytes_out)
-
-    def in_flight(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for call in self.calls:
-            counts[call.method] = counts.get(call.method, 0) + 1
-        return counts
-
-    async def drain(self, grace: float) -> None:
-        """Stop taking calls, tell clients (GOAWAY), let running calls finish within ``grace``."""
-        self.accepting = False
-        for link in list(self.links):
-            link.goaway()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
-        for call in list(self.calls):
-            call.fail(UNAVAILABLE, "the gateway is shutting down")
-        for link in list(self.links):
-            link.close()
-        self.flush_metrics()

@@ -159,7 +159,7 @@ class FieldScanner:
         self._walker = _ProtoWalker(number, max_value, field_name)
         self._prefix = bytearray()
         self._msg_left = -1  # -1: reading the prefix; 0: message complete
-        self._inflate: zlib._Decompress | None = None  # type: ignore[name-defined]
+        self._inflate: zlib._Decompress | None = None
         self.messages = 0
         self.complete = False
 

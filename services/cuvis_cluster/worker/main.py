@@ -2,7 +2,7 @@
 
 Serves ``cuvis_ai.v1.CuvisAIService`` (plus ``grpc.health.v1``, reflection v1/v1alpha and Prometheus
 ``/metrics``) over the engine. Without ``--redis-url`` it is a complete standalone server; with it, it
-also registers itself for routing by the gateways (:mod:`cuvis_cluster.worker.cluster`).
+also registers itself for routing by the gateways (:mod:`cuvis_cluster.worker.membership`).
 
 Shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, no new sessions are accepted (draining), running
 calls and Train streams get ``--grace-seconds`` to finish, the worker deregisters, and every session is
@@ -26,6 +26,9 @@ from cuvis_cluster.common.serving import GrpcServer, ShutdownSignal, configure_l
 from cuvis_cluster.common.settings import WorkerSettings
 from cuvis_cluster.common.telemetry import WorkerMetrics, serve_metrics
 from cuvis_cluster.wire.pb import SERVICE_NAME
+from cuvis_cluster.worker.control import WorkerControlServicer
+from cuvis_cluster.worker.fencing import fencing_interceptor
+from cuvis_cluster.worker.membership import ClusterMembership
 
 log = logging.getLogger("cuvis_cluster.worker")
 
@@ -61,7 +64,7 @@ def resolve_configs_dir(configured: Path) -> Path:
 
 
 def engine_config(settings: WorkerSettings) -> Any:
-    from cuvis_cluster.engine.service import EngineConfig
+    from cuvis_cluster.engine.facade import EngineConfig
 
     output_dir = settings.output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> int:
-    from cuvis_cluster.engine.service import Engine
+    from cuvis_cluster.engine.facade import Engine
     from cuvis_cluster.worker import servicer as servicer_module
 
     shutdown = shutdown or ShutdownSignal.install()
@@ -181,11 +184,8 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
 
     membership = None
     interceptors: list[Any] = []
-    cluster = None
     if settings.redis_url:
-        from cuvis_cluster.worker import cluster  # the gateway issue's registration module
-
-        interceptors.append(cluster.fencing_interceptor(instance_id))
+        interceptors.append(fencing_interceptor(instance_id))
 
     server: GrpcServer | None = None
     try:
@@ -198,15 +198,15 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
         )
         servicer = servicer_module.CuvisAIServicer(engine, metrics)
         server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
-        if cluster is not None:
-            membership = cluster.ClusterMembership(
+        if settings.redis_url:
+            membership = ClusterMembership(
                 settings,
                 engine.sessions,
                 metrics,
                 lambda: device_info(engine.device),
                 instance_id=instance_id,
             )
-            control = cluster.WorkerControlServicer(membership, shutdown=shutdown)
+            control = WorkerControlServicer(membership, shutdown=shutdown)
             server.add_service(control.SERVICE_NAME, control.add_to_server)
         server.start()
         serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
