@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from fake_server import FakeServer
 
 from cuvis_cluster import errors
-from cuvis_cluster.client import connect
+from cuvis_cluster.client import aio, connect
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -63,6 +64,27 @@ def test_mtls_with_server_name_override_and_token(pki, mtls_server):
         assert len(client.list_pipelines()) == 2
         with client.create_session() as session:
             assert session.id in mtls_server.service.sessions
+    assert all(md.get("authorization") == "Bearer t0ken" for md in mtls_server.service.metadata)
+
+
+def test_async_client_uses_the_same_mtls_and_token(pki, mtls_server):
+    """aio.connect builds its channel from the same configuration: mTLS, server name and token."""
+
+    async def scenario():
+        async with aio.connect(
+            mtls_server.address,
+            root_certificates=pki / "ca.crt",
+            client_certificate=pki / "client.crt",
+            client_key=pki / "client.key",
+            server_name="gateway.test",
+            token="t0ken",
+            timeout=10,
+        ) as client:
+            assert client.config.tls
+            async with await client.create_session() as session:
+                return len(await client.list_pipelines()), session.id in mtls_server.service.sessions
+
+    assert asyncio.run(scenario()) == (2, True)
     assert all(md.get("authorization") == "Bearer t0ken" for md in mtls_server.service.metadata)
 
 

@@ -15,6 +15,7 @@ Everything a user needs is re-exported here; the underscored modules are impleme
 
 * :func:`connect` -> :class:`Client`: TLS/mTLS, bearer tokens, 1 GiB messages, keepalive, and retries of
   idempotent calls on UNAVAILABLE through the gRPC service config (:class:`RetryPolicy`).
+* :mod:`cuvis_cluster.client.aio`: the same client for asyncio (``aio.connect`` takes the same arguments).
 * :class:`Session`: a context manager that closes the session on exit, with the workflow helpers
   (``configure_trainrun``, ``train`` with a progress bar and early stopping, ``infer`` from numpy, .npz or
   .cu3s).
@@ -24,40 +25,28 @@ Everything a user needs is re-exported here; the underscored modules are impleme
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cuvis_cluster import errors
 from cuvis_cluster.client._channel import (
+    DEFAULT_ADDRESS,
     IDEMPOTENT_METHODS,
     MAX_MESSAGE_SIZE,
     RETRY_EXCLUDED,
     KeepAliveOptions,
     RetryPolicy,
     build_config,
+    default_address,
 )
-from cuvis_cluster.client._client import (
-    DEFAULT_TIMEOUT,
-    CallHandle,
-    Client,
-    InferenceResult,
-    Session,
-    TrainStream,
-)
+from cuvis_cluster.client._client import CallHandle, Client, Session, TrainStream
+from cuvis_cluster.client._core import DEFAULT_TIMEOUT
 from cuvis_cluster.client._errors import ServerError, status_code
 from cuvis_cluster.client._inputs import Frames
 from cuvis_cluster.client._inputs import read_file as read_inputs
 from cuvis_cluster.client._progress import format_progress
+from cuvis_cluster.client._results import InferenceResult
 from cuvis_cluster.wire.codec import numpy_to_proto, proto_to_numpy, tensor_to_proto
 from cuvis_cluster.wire.pb import pb
-
-#: Address used when neither an argument nor ``CUVIS_ADDRESS`` names one (a local ``cuvis-cluster up``).
-DEFAULT_ADDRESS = "127.0.0.1:50050"
-
-
-def default_address() -> str:
-    """``$CUVIS_ADDRESS`` or :data:`DEFAULT_ADDRESS`."""
-    return os.environ.get("CUVIS_ADDRESS") or DEFAULT_ADDRESS
 
 
 def connect(
@@ -109,7 +98,7 @@ def connect(
         Extra ``grpc`` channel options, appended last.
     """
     config = build_config(
-        address or default_address(),
+        address,
         tls=tls,
         root_certificates=root_certificates,
         client_certificate=client_certificate,

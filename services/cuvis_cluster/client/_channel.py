@@ -1,7 +1,8 @@
 """Building the gRPC channel: limits, TLS/mTLS, bearer tokens, keepalive and the retry service config.
 
 Everything a channel needs is decided here, once, with named defaults, so that the rest of the SDK never
-touches channel options.
+touches channel options. The sync and asyncio ``connect`` both go through :func:`build_config` and
+:class:`ChannelConfig`, which creates either kind of channel, and :func:`create_stubs`.
 """
 
 from __future__ import annotations
@@ -9,15 +10,25 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import ssl
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from cuvis_cluster.wire.pb import CLUSTER_STATUS_SERVICE_NAME, SERVICE_NAME, WORKER_CONTROL_SERVICE_NAME
+from cuvis_cluster.wire import fastwire
+from cuvis_cluster.wire.pb import (
+    CLUSTER_STATUS_SERVICE_NAME,
+    SERVICE_NAME,
+    WORKER_CONTROL_SERVICE_NAME,
+    control_pb2_grpc,
+    pb,
+    pb_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,15 @@ RETRY_EXCLUDED: dict[str, str] = {
     "SetSessionSearchPaths": "with append=true a repeat adds the paths twice",
     "StopTrain": "it acts on whatever run is current when it arrives",
 }
+
+#: Used when neither an argument nor ``CUVIS_ADDRESS`` names one (a local ``cuvis-cluster up``).
+DEFAULT_ADDRESS = "127.0.0.1:50050"
+
+
+def default_address() -> str:
+    """``$CUVIS_ADDRESS`` or :data:`DEFAULT_ADDRESS`."""
+    return os.environ.get("CUVIS_ADDRESS") or DEFAULT_ADDRESS
+
 
 # Internal read-only status RPCs that are also safe to repeat.
 _INTERNAL_IDEMPOTENT = {
@@ -242,15 +262,8 @@ class ChannelConfig:
             return (("authorization", f"Bearer {self.token}"),)
         return ()
 
-    def create_channel(self) -> grpc.Channel:
-        options = self.options()
-        if not self.tls:
-            if self.token and not is_loopback(self.address):
-                warnings.warn(
-                    f"sending a bearer token to {self.address} without TLS exposes it on the network",
-                    stacklevel=3,
-                )
-            return grpc.insecure_channel(self.address, options=options)
+    def credentials(self) -> grpc.ChannelCredentials:
+        """TLS (and with client certificate and key, mTLS) credentials, with the token as call credentials."""
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.root_certificates,
             private_key=self.client_key,
@@ -260,11 +273,32 @@ class ChannelConfig:
             credentials = grpc.composite_channel_credentials(
                 credentials, grpc.access_token_call_credentials(self.token)
             )
-        return grpc.secure_channel(self.address, credentials, options=options)
+        return credentials
+
+    def _warn_plaintext_token(self) -> None:
+        if self.token and not self.tls and not is_loopback(self.address):
+            warnings.warn(
+                f"sending a bearer token to {self.address} without TLS exposes it on the network",
+                stacklevel=4,
+            )
+
+    def create_channel(self) -> grpc.Channel:
+        """A blocking ``grpc`` channel."""
+        self._warn_plaintext_token()
+        if not self.tls:
+            return grpc.insecure_channel(self.address, options=self.options())
+        return grpc.secure_channel(self.address, self.credentials(), options=self.options())
+
+    def create_aio_channel(self) -> grpc.aio.Channel:
+        """The same channel for ``grpc.aio`` (create it inside the event loop that will use it)."""
+        self._warn_plaintext_token()
+        if not self.tls:
+            return grpc.aio.insecure_channel(self.address, options=self.options())
+        return grpc.aio.secure_channel(self.address, self.credentials(), options=self.options())
 
 
 def build_config(
-    address: str,
+    address: str | None,
     *,
     tls: bool | None = None,
     root_certificates: bytes | str | Path | None = None,
@@ -277,8 +311,11 @@ def build_config(
     retry: RetryPolicy | bool | None = True,
     options: Iterable[tuple[str, object]] = (),
 ) -> ChannelConfig:
-    """Validate the arguments of :func:`connect` and decide TLS; see there for their meaning."""
-    address, scheme_tls = split_address(address.strip())
+    """Validate the arguments of :func:`connect` and decide TLS; see there for their meaning.
+
+    Both ``connect`` functions (sync and asyncio) pass their arguments here unchanged.
+    """
+    address, scheme_tls = split_address((address or default_address()).strip())
     if not address:
         raise ValueError("address must be HOST:PORT, e.g. 127.0.0.1:50050")
     if not 0 < max_message_size < (1 << 31):
@@ -312,3 +349,43 @@ def build_config(
         retry=retry,
         extra_options=tuple(options),
     )
+
+
+# -- stubs --------------------------------------------------------------------------------------------------
+#: The full gRPC name of the Inference method.
+INFERENCE_METHOD = f"/{SERVICE_NAME}/Inference"
+
+
+def _serialize_request(request: bytes | pb.InferenceRequest) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
+class InferenceStub:
+    """``Inference`` on pre-serialized request bytes, with the reply decoded zero-copy.
+
+    The request goes out as built by :mod:`cuvis_cluster.wire.fastwire` (one copy of each array instead
+    of protobuf's three) and the reply's tensors stay views on the bytes grpc received (protobuf would
+    copy them twice). Same method, same wire bytes, so servers and the gateway cannot tell the difference.
+    Works on blocking and ``grpc.aio`` channels alike.
+    """
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        self.Inference = channel.unary_unary(
+            INFERENCE_METHOD,
+            request_serializer=_serialize_request,
+            response_deserializer=fastwire.parse_inference_response,
+        )
+
+
+def create_stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, Any]:
+    """The stubs a client sends :class:`~cuvis_cluster.client._core.Call` objects through, by
+    ``Call.stub`` name (blocking stubs on a blocking channel, ``grpc.aio`` ones on an aio channel)."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    return {
+        "service": pb_grpc.CuvisAIServiceStub(channel),
+        "cluster": control_pb2_grpc.ClusterStatusServiceStub(channel),
+        "worker": control_pb2_grpc.WorkerControlServiceStub(channel),
+        "health": health_pb2_grpc.HealthStub(channel),
+        "inference": InferenceStub(channel),
+    }

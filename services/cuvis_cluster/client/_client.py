@@ -4,124 +4,35 @@ Every method sends one RPC, takes a per-call ``timeout`` in seconds (``None`` = 
 :mod:`cuvis_cluster.errors` exceptions (see :mod:`cuvis_cluster.client._errors`). A :class:`Client` is safe
 to share between threads; so is a :class:`Session`, within what the server allows concurrently (several
 Inference calls at once are fine; a mutating call during training is FAILED_PRECONDITION).
+
+Requests and replies are built and read in :mod:`cuvis_cluster.client._core`, shared with the asyncio
+twin :mod:`cuvis_cluster.client.aio`; this module only sends them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
-import yaml
 
 from cuvis_cluster import errors
-from cuvis_cluster.client._channel import ChannelConfig
-from cuvis_cluster.client._errors import ServerError, from_rpc_error, local_error
-from cuvis_cluster.client._inputs import Frames, from_arrays, read_file
-from cuvis_cluster.client._progress import TERMINAL_STATUSES, ProgressBar, attached_to_terminal, status_name
-from cuvis_cluster.wire import fastwire
-from cuvis_cluster.wire.pb import control_pb2, control_pb2_grpc, pb, pb_grpc
+from cuvis_cluster.client import _core as core
+from cuvis_cluster.client._channel import ChannelConfig, create_stubs
+from cuvis_cluster.client._core import DEFAULT_TIMEOUT, UNSET, Call
+from cuvis_cluster.client._errors import from_rpc_error, local_error
+from cuvis_cluster.client._inputs import Frames
+from cuvis_cluster.client._progress import attached_to_terminal
+from cuvis_cluster.client._results import InferenceResult, TrainProgress
+from cuvis_cluster.wire.pb import control_pb2, pb
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: Default deadline, in seconds, of calls that are quick by nature (discovery, configs, session bookkeeping).
-DEFAULT_TIMEOUT = 60.0
-
-#: Calls whose run time grows with the data or the model; they get no default deadline.
-LONG_CALLS = frozenset(
-    {
-        "Train",
-        "Inference",
-        "LoadPipeline",
-        "LoadPipelineWeights",
-        "SavePipeline",
-        "SaveTrainRun",
-        "RestoreTrainRun",
-        "SetTrainRunConfig",
-    }
-)
-
-TRAINERS = {
-    "statistical": pb.TRAINER_TYPE_STATISTICAL,
-    "gradient": pb.TRAINER_TYPE_GRADIENT,
-    "calibration": pb.TRAINER_TYPE_CALIBRATION,
-}
-
-CONFIG_TYPES = ("pipeline", "trainrun", "data", "training")
-
-_UNSET: Any = object()
-
-#: The full gRPC name of the Inference method.
-INFERENCE_METHOD = "/{}/Inference".format(pb.DESCRIPTOR.services_by_name["CuvisAIService"].full_name)
+R = TypeVar("R")
 
 
-class _InferenceStub:
-    """``Inference`` on pre-serialized request bytes, with the reply decoded zero-copy.
-
-    The request goes out as built by :mod:`cuvis_cluster.wire.fastwire` (one copy of each array instead
-    of protobuf's three) and the reply's tensors stay views on the bytes grpc received (protobuf would
-    copy them twice). Same method, same wire bytes, so servers and the gateway cannot tell the difference.
-    """
-
-    def __init__(self, channel: Any) -> None:
-        self.Inference = channel.unary_unary(
-            INFERENCE_METHOD,
-            request_serializer=_serialize_request,
-            response_deserializer=fastwire.parse_inference_response,
-        )
-
-
-def _serialize_request(request: bytes | pb.InferenceRequest) -> bytes:
-    return request if isinstance(request, bytes) else request.SerializeToString()
-
-
-def config_path(config_type: str, path: str) -> str:
-    """``("trainrun", "rx_statistical")`` -> ``"trainrun/rx_statistical"``; prefixed paths stay as is."""
-    path = str(path).strip()
-    if path.startswith("/") or path.startswith(f"{config_type}/"):
-        return path
-    return f"{config_type}/{path}"
-
-
-def check_overrides(overrides: Iterable[str]) -> list[str]:
-    result = []
-    for item in overrides:
-        key, sep, _ = str(item).partition("=")
-        if not sep or not key.strip():
-            raise local_error(
-                errors.InvalidArgument, f"override {item!r} must look like key.path=value", field="overrides"
-            )
-        result.append(str(item))
-    return result
-
-
-def config_bytes(config: Mapping[str, Any] | str | bytes) -> bytes:
-    """A config as UTF-8 JSON bytes (dicts are serialised; str/bytes are sent as they are)."""
-    if isinstance(config, bytes):
-        return config
-    if isinstance(config, str):
-        return config.encode()
-    return json.dumps(config).encode()
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A local pipeline/train-run config (YAML or JSON) as a dict."""
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise local_error(errors.InvalidArgument, f"cannot read {path}: {exc}", field="config") from exc
-    if not isinstance(loaded, dict):
-        raise local_error(errors.InvalidArgument, f"{path} does not hold a mapping", field="config")
-    return loaded
-
-
-# -----------------------------------------------------------------------------------------------------------
 class CallHandle:
     """A unary call in flight: ``result()`` waits for it, ``cancel()`` abandons it."""
 
@@ -151,7 +62,7 @@ class CallHandle:
         return self._future.done()
 
 
-class TrainStream:
+class TrainStream(TrainProgress):
     """Progress of one Train call, iterated as :class:`pb.TrainResponse` messages.
 
     * Iterating yields every message; the stream ends after the terminal one (COMPLETE, ERROR, CANCELLED).
@@ -172,19 +83,9 @@ class TrainStream:
         progress: bool,
         description: str,
     ) -> None:
+        super().__init__(early_stop=early_stop, progress=progress, description=description)
         self._call = call
-        self._early_stop = early_stop
-        self._want_bar = progress
-        self._description = description
-        self._bar: ProgressBar | None = None
-        self._done = False
-        self._cancelled = False
-        self._terminal = False
-        self.last: pb.TrainResponse | None = None
-        self.messages = 0
-        self.stopped_early = False
 
-    # iteration ------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[pb.TrainResponse]:
         return self
 
@@ -194,26 +95,16 @@ class TrainStream:
         try:
             resp = next(self._call)
         except StopIteration:
-            self._finish()
-            if self.last is not None and self.last.status == pb.TRAIN_STATUS_ERROR:
-                raise local_error(ServerError, f"training failed: {self.last.message}") from None
+            error = self._ended()
+            if error is not None:
+                raise error from None
             raise
         except grpc.RpcError as exc:
-            self._finish()
-            if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
+            error = self._failed(exc)
+            if error is None:
                 raise StopIteration from None
-            raise from_rpc_error(exc, "Train") from exc
-        self.last = resp
-        self.messages += 1
-        if self._want_bar:
-            if self._bar is None:
-                self._bar = ProgressBar(self._description)
-            self._bar.update(resp)
-        if resp.status in TERMINAL_STATUSES:
-            # Keep reading: the call's own status follows (e.g. INVALID_ARGUMENT after an ERROR message).
-            self._terminal = True
-        elif self._early_stop is not None and self._early_stop(resp):
-            self.stopped_early = True
+            raise error from exc
+        if self._received(resp):
             self.cancel()
         return resp
 
@@ -223,32 +114,10 @@ class TrainStream:
             pass
         return self.last
 
-    # control ---------------------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Cancel the Train call; the worker stops the run and the session stays usable."""
-        if self._done:
-            return
-        if not self._terminal:  # after the terminal message there is no run left to stop
-            self._cancelled = True
-        self._call.cancel()
-        self._finish()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    @property
-    def status(self) -> str:
-        """Status name of the last message (``"COMPLETE"``...) or ``"CANCELLED"`` after a client cancel."""
-        if self._cancelled:
-            return "CANCELLED"
-        return status_name(self.last.status) if self.last is not None else "UNSPECIFIED"
-
-    def _finish(self) -> None:
-        self._done = True
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self._cancelling():
+            self._call.cancel()
 
     def __enter__(self) -> TrainStream:
         return self
@@ -264,48 +133,6 @@ class TrainStream:
                 pass
 
 
-class InferenceResult(Mapping[str, np.ndarray]):
-    """Outputs of one Inference call: a mapping ``"node.port" -> numpy array`` plus scalar ``metrics``."""
-
-    def __init__(self, resp: pb.InferenceResponse | fastwire.FastInferenceResponse) -> None:
-        # Read-only numpy views on the reply's bytes, no copies.
-        outputs, metrics = fastwire.response_arrays(resp)
-        self.outputs: dict[str, np.ndarray] = outputs
-        self.metrics: dict[str, float] = metrics
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.outputs[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.outputs)
-
-    def __len__(self) -> int:
-        return len(self.outputs)
-
-    def find(self, port: str) -> tuple[str, np.ndarray] | None:
-        """The first output whose port is ``port`` (``"scores"`` matches ``"rx.scores"``)."""
-        for name, array in self.outputs.items():
-            if name == port or name.rsplit(".", 1)[-1] == port:
-                return name, array
-        return None
-
-    def scores(self) -> tuple[str, np.ndarray] | None:
-        """The anomaly score map: a ``*.scores`` output, else any output named like a score."""
-        found = self.find("scores")
-        if found is None:
-            found = next(((n, a) for n, a in self.outputs.items() if "score" in n.rsplit(".", 1)[-1]), None)
-        return found
-
-    def decisions(self) -> tuple[str, np.ndarray] | None:
-        """The per-pixel decisions: a ``*.decisions`` output, if the pipeline has one."""
-        return self.find("decisions")
-
-    def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self.outputs.items())
-        return f"InferenceResult({shapes}; metrics={self.metrics})"
-
-
-# -----------------------------------------------------------------------------------------------------------
 class Client:
     """A connection to a cuvis-ai-cluster gateway (or a single worker). Create it with :func:`connect`.
 
@@ -315,7 +142,7 @@ class Client:
         The channel configuration built by :func:`connect`.
     timeout:
         Default deadline in seconds for quick calls (discovery, configs, session bookkeeping); calls in
-        :data:`LONG_CALLS` have none unless given per call.
+        :data:`~cuvis_cluster.client._core.LONG_CALLS` have none unless given per call.
     """
 
     def __init__(self, config: ChannelConfig, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
@@ -323,35 +150,37 @@ class Client:
         self.address = config.address
         self.default_timeout = timeout
         self.channel = config.create_channel()
-        self.stub = pb_grpc.CuvisAIServiceStub(self.channel)
-        self._cluster_stub = control_pb2_grpc.ClusterStatusServiceStub(self.channel)
-        self._worker_stub = control_pb2_grpc.WorkerControlServiceStub(self.channel)
-        self._inference_stub = _InferenceStub(self.channel)
+        self._stubs = create_stubs(self.channel)
+        #: The generated ``CuvisAIService`` stub, for anything the SDK does not wrap.
+        self.stub = self._stubs[core.SERVICE]
         self._metadata = config.metadata()
 
     # plumbing --------------------------------------------------------------------------------------------
-    def _timeout(self, method: str, timeout: Any) -> float | None:
-        if timeout is not _UNSET:
-            return timeout
-        return None if method in LONG_CALLS else self.default_timeout
+    def _rpc(self, call: Call[Any]) -> Any:
+        return getattr(self._stubs[call.stub], call.method)
 
-    def _call(self, method: str, request: Any, timeout: Any = _UNSET, *, stub: Any = None) -> Any:
-        rpc = getattr(stub or self.stub, method)
+    def _options(self, call: Call[Any], timeout: Any) -> dict[str, Any]:
+        return {
+            "timeout": core.call_timeout(call.method, timeout, self.default_timeout),
+            "metadata": self._metadata or None,
+        }
+
+    def _run(self, call: Call[R], timeout: Any = UNSET) -> R:
+        """Send ``call``, wait for the reply and decode it."""
         try:
-            return rpc(request, timeout=self._timeout(method, timeout), metadata=self._metadata or None)
+            reply = self._rpc(call)(call.request, **self._options(call, timeout))
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, method) from exc
+            raise from_rpc_error(exc, call.method) from exc
+        return call.decode(reply)
 
-    def _future(
-        self, method: str, request: Any, timeout: Any, convert: Callable[[Any], T], *, stub: Any = None
-    ) -> CallHandle:
-        rpc = getattr(stub or self.stub, method)
-        future = rpc.future(request, timeout=self._timeout(method, timeout), metadata=self._metadata or None)
-        return CallHandle(future, method, convert)
+    def _start(self, call: Call[Any], timeout: Any) -> CallHandle:
+        """Send ``call`` without waiting for it."""
+        future = self._rpc(call).future(call.request, **self._options(call, timeout))
+        return CallHandle(future, call.method, call.decode)
 
-    def _stream(self, method: str, request: Any, timeout: Any = _UNSET) -> Any:
-        rpc = getattr(self.stub, method)
-        return rpc(request, timeout=self._timeout(method, timeout), metadata=self._metadata or None)
+    def _stream(self, call: Call[Any], timeout: Any) -> Any:
+        """Open a server stream; its replies are read by the caller."""
+        return self._rpc(call)(call.request, **self._options(call, timeout))
 
     # lifecycle -------------------------------------------------------------------------------------------
     def wait_until_ready(self, timeout: float = 10.0) -> None:
@@ -380,77 +209,55 @@ class Client:
     # health and cluster status ---------------------------------------------------------------------------
     def health(self, service: str = "", *, timeout: float | None = 10.0) -> str:
         """``grpc.health.v1`` status of the server (``"SERVING"``, ``"NOT_SERVING"``...)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        return self._run(core.health(service), timeout)
 
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        resp = self._call("Check", health_pb2.HealthCheckRequest(service=service), timeout, stub=stub)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-    def list_workers(self, *, timeout: Any = _UNSET) -> list[control_pb2.WorkerStatus]:
+    def list_workers(self, *, timeout: Any = UNSET) -> list[control_pb2.WorkerStatus]:
         """Live workers with their sessions and devices (``ClusterStatusService.ListWorkers`` on a gateway).
 
         Against a single worker (no gateway) this falls back to its own ``GetWorkerStatus``.
         """
         try:
-            resp = self._call(
-                "ListWorkers", control_pb2.ListWorkersRequest(), timeout, stub=self._cluster_stub
-            )
-            return list(resp.workers)
+            return self._run(core.list_workers(), timeout)
         except errors.Unimplemented:
-            resp = self._call(
-                "GetWorkerStatus", control_pb2.GetWorkerStatusRequest(), timeout, stub=self._worker_stub
-            )
-            return [resp.status]
+            return self._run(core.worker_status(), timeout)
 
     # discovery -------------------------------------------------------------------------------------------
-    def list_pipelines(self, tag: str | None = None, *, timeout: Any = _UNSET) -> list[pb.PipelineInfo]:
+    def list_pipelines(self, tag: str | None = None, *, timeout: Any = UNSET) -> list[pb.PipelineInfo]:
         """Pipelines under the server's configs root, optionally only those with ``tag``."""
-        request = pb.ListAvailablePipelinesRequest()
-        if tag:
-            request.filter_tag = tag
-        return list(self._call("ListAvailablePipelines", request, timeout).pipelines)
+        return self._run(core.list_pipelines(tag), timeout)
 
-    def pipeline_info(self, path: str, *, timeout: Any = _UNSET) -> pb.PipelineInfo:
+    def pipeline_info(self, path: str, *, timeout: Any = UNSET) -> pb.PipelineInfo:
         """One pipeline, with its YAML text (``path`` as listed by :meth:`list_pipelines`)."""
-        request = pb.GetPipelineInfoRequest(pipeline_path=path)
-        return self._call("GetPipelineInfo", request, timeout).pipeline_info
+        return self._run(core.pipeline_info(path), timeout)
 
-    def parameter_schema(self, config_type: str, *, timeout: Any = _UNSET) -> dict[str, Any]:
+    def parameter_schema(self, config_type: str, *, timeout: Any = UNSET) -> dict[str, Any]:
         """The JSON Schema of a config type, as a dict."""
-        resp = self._call(
-            "GetParameterSchema", pb.GetParameterSchemaRequest(config_type=config_type), timeout
-        )
-        return json.loads(resp.json_schema)
+        return self._run(core.parameter_schema(config_type), timeout)
 
     def validate_config(
-        self, config_type: str, config: Mapping[str, Any] | str | bytes, *, timeout: Any = _UNSET
+        self, config_type: str, config: Mapping[str, Any] | str | bytes, *, timeout: Any = UNSET
     ) -> pb.ValidateConfigResponse:
         """Check a config without applying it; problems come back in ``.errors`` / ``.warnings``."""
-        request = pb.ValidateConfigRequest(config_type=config_type, config_bytes=config_bytes(config))
-        return self._call("ValidateConfig", request, timeout)
+        return self._run(core.validate_config(config_type, config), timeout)
 
-    def training_capabilities(self, *, timeout: Any = _UNSET) -> pb.GetTrainingCapabilitiesResponse:
+    def training_capabilities(self, *, timeout: Any = UNSET) -> pb.GetTrainingCapabilitiesResponse:
         """Optimizers, schedulers and callbacks the trainer supports."""
-        return self._call("GetTrainingCapabilities", pb.GetTrainingCapabilitiesRequest(), timeout)
+        return self._run(core.training_capabilities(), timeout)
 
     def visualize_config(
-        self, config: Mapping[str, Any] | str, format: str = "svg", *, timeout: Any = _UNSET
+        self, config: Mapping[str, Any] | str, format: str = "svg", *, timeout: Any = UNSET
     ) -> bytes:
         """Render a pipeline config (dict, or YAML/JSON text) without a session."""
-        content = config if isinstance(config, str) else json.dumps(config)
-        request = pb.GetPipelineVisualizationRequest(format=format, config_content=content)
-        return self._call("GetPipelineVisualization", request, timeout).image_data
+        return self._run(core.visualize_config(config, format), timeout)
 
-    def clear_plugin_cache(self, plugin_name: str = "", *, timeout: Any = _UNSET) -> int:
+    def clear_plugin_cache(self, plugin_name: str = "", *, timeout: Any = UNSET) -> int:
         """Drop cached plugin installations on the serving worker; returns how many were removed."""
-        request = pb.ClearPluginCacheRequest(plugin_name=plugin_name)
-        return self._call("ClearPluginCache", request, timeout).cleared_count
+        return self._run(core.clear_plugin_cache(plugin_name), timeout)
 
     # sessions --------------------------------------------------------------------------------------------
-    def create_session(self, *, timeout: Any = _UNSET) -> Session:
+    def create_session(self, *, timeout: Any = UNSET) -> Session:
         """Open a session on the least loaded worker. Use it as a context manager to close it on exit."""
-        resp = self._call("CreateSession", pb.CreateSessionRequest(), timeout)
-        return Session(self, resp.session_id)
+        return Session(self, self._run(core.create_session(), timeout))
 
     def session(self, session_id: str) -> Session:
         """A handle on an existing session id (nothing is sent)."""
@@ -463,21 +270,16 @@ class Client:
         weights_path: str | None = None,
         strict: bool | None = None,
         session_id: str = "",
-        timeout: Any = _UNSET,
+        timeout: Any = UNSET,
     ) -> Session:
         """Recreate a saved train run (pipeline, configs, optional weights) in a new or given session."""
-        request = pb.RestoreTrainRunRequest(trainrun_path=trainrun_path, session_id=session_id)
-        if weights_path is not None:
-            request.weights_path = weights_path
-        if strict is not None:
-            request.strict = strict
-        resp = self._call("RestoreTrainRun", request, timeout)
-        session = Session(self, resp.session_id)
-        session.trainrun = json.loads(resp.trainrun.config_bytes) if resp.trainrun.config_bytes else None
+        call = core.restore_trainrun(trainrun_path, weights_path, strict, session_id)
+        restored_id, trainrun = self._run(call, timeout)
+        session = Session(self, restored_id)
+        session.trainrun = trainrun
         return session
 
 
-# -----------------------------------------------------------------------------------------------------------
 class Session:
     """One server-side session. ``with client.create_session() as s: ...`` closes it on exit."""
 
@@ -491,16 +293,16 @@ class Session:
     def __repr__(self) -> str:
         return f"Session({self.id!r}{', closed' if self.closed else ''})"
 
-    def _call(self, method: str, request: Any, timeout: Any = _UNSET) -> Any:
-        return self.client._call(method, request, timeout)
+    def _run(self, call: Call[R], timeout: Any = UNSET) -> R:
+        return self.client._run(call, timeout)
 
     # lifecycle -------------------------------------------------------------------------------------------
-    def close(self, *, timeout: Any = _UNSET) -> bool:
+    def close(self, *, timeout: Any = UNSET) -> bool:
         """Close the session and free what it holds on the worker. Closing twice is harmless here."""
         if self.closed:
             return False
         try:
-            self._call("CloseSession", pb.CloseSessionRequest(session_id=self.id), timeout)
+            self._run(core.close_session(self.id), timeout)
         except errors.NotFound:
             pass  # expired, closed elsewhere, or its worker was lost: it is gone either way
         self.closed = True
@@ -518,46 +320,36 @@ class Session:
             log.warning("could not close session %s: %s", self.id, exc)
 
     def set_search_paths(
-        self, paths: Sequence[str], *, append: bool = True, timeout: Any = _UNSET
+        self, paths: Sequence[str], *, append: bool = True, timeout: Any = UNSET
     ) -> pb.SetSessionSearchPathsResponse:
         """Add (or with ``append=False`` replace) server-side config directories; see ``rejected_paths``."""
-        request = pb.SetSessionSearchPathsRequest(session_id=self.id, search_paths=list(paths), append=append)
-        return self._call("SetSessionSearchPaths", request, timeout)
+        return self._run(core.set_search_paths(self.id, paths, append), timeout)
 
     # configs ---------------------------------------------------------------------------------------------
     def resolve_config(
-        self, config_type: str, path: str, overrides: Iterable[str] = (), *, timeout: Any = _UNSET
+        self, config_type: str, path: str, overrides: Iterable[str] = (), *, timeout: Any = UNSET
     ) -> dict[str, Any]:
         """Compose a server-side config with Hydra, apply ``key=value`` overrides, return it as a dict.
 
         ``path`` may omit the group: ``resolve_config("trainrun", "rx_statistical")`` resolves
         ``trainrun/rx_statistical``.
         """
-        request = pb.ResolveConfigRequest(
-            session_id=self.id,
-            config_type=config_type,
-            path=config_path(config_type, path),
-            overrides=check_overrides(overrides),
-        )
-        return json.loads(self._call("ResolveConfig", request, timeout).config_bytes)
+        return self._run(core.resolve_config(self.id, config_type, path, overrides), timeout)
 
     def resolve_trainrun(
-        self, path: str, overrides: Iterable[str] = (), *, timeout: Any = _UNSET
+        self, path: str, overrides: Iterable[str] = (), *, timeout: Any = UNSET
     ) -> dict[str, Any]:
         """:meth:`resolve_config` for a train run."""
         return self.resolve_config("trainrun", path, overrides, timeout=timeout)
 
     def apply_trainrun(
-        self, config: Mapping[str, Any] | str | bytes, *, timeout: Any = _UNSET
+        self, config: Mapping[str, Any] | str | bytes, *, timeout: Any = UNSET
     ) -> pb.SetTrainRunConfigResponse:
         """Store a train-run config in the session (SetTrainRunConfig); a pipeline in it is built too."""
-        request = pb.SetTrainRunConfigRequest(
-            session_id=self.id, config=pb.TrainRunConfig(config_bytes=config_bytes(config))
-        )
-        return self._call("SetTrainRunConfig", request, timeout)
+        return self._run(core.apply_trainrun(self.id, config), timeout)
 
     def configure_trainrun(
-        self, path: str, overrides: Iterable[str] = (), *, timeout: Any = _UNSET
+        self, path: str, overrides: Iterable[str] = (), *, timeout: Any = UNSET
     ) -> dict[str, Any]:
         """Resolve a train run with overrides and apply it; returns the resolved config."""
         config = self.resolve_trainrun(path, overrides, timeout=timeout)
@@ -571,27 +363,17 @@ class Session:
         overrides: Iterable[str] = (),
         *,
         data_module: str = "",
-        timeout: Any = _UNSET,
+        timeout: Any = UNSET,
     ) -> pb.PipelineMetadata:
         """Make a pipeline the session's pipeline (weights are not loaded; see :meth:`load_weights`).
 
         ``source`` is a config dict, a local ``.yaml``/``.json`` file, or the name of a server-side config
         (``"rx_statistical"`` or ``"pipeline/rx_statistical"``) that is resolved with ``overrides`` first.
         """
-        if isinstance(source, Mapping):
-            config: Mapping[str, Any] = source
-        else:
-            local = Path(source).expanduser()
-            if local.suffix.lower() in (".yaml", ".yml", ".json") and local.is_file():
-                config = read_config_file(local)
-            else:
-                config = self.resolve_config("pipeline", str(source), overrides, timeout=timeout)
-        request = pb.LoadPipelineRequest(
-            session_id=self.id,
-            pipeline=pb.PipelineConfig(config_bytes=config_bytes(config)),
-            data_module=data_module,
-        )
-        return self._call("LoadPipeline", request, timeout).metadata
+        config = core.local_pipeline(source)
+        if config is None:
+            config = self.resolve_config("pipeline", str(source), overrides, timeout=timeout)
+        return self._run(core.load_pipeline(self.id, config, data_module), timeout)
 
     def load_weights(
         self,
@@ -600,62 +382,37 @@ class Session:
         data: bytes | None = None,
         file: str | Path | None = None,
         strict: bool | None = None,
-        timeout: Any = _UNSET,
+        timeout: Any = UNSET,
     ) -> str:
         """Load weights from a server-side ``path``, from ``data`` bytes, or from a local ``file`` (uploaded).
 
         Returns the server path that was read ('' for uploaded bytes).
         """
-        if file is not None:
-            try:
-                data = Path(file).expanduser().read_bytes()
-            except OSError as exc:
-                raise local_error(
-                    errors.NotFound, f"cannot read weights file {file}: {exc}", field="file"
-                ) from exc
-        if (path is None) == (data is None):
-            raise local_error(
-                errors.InvalidArgument, "give exactly one of path, data or file", field="weights_source"
-            )
-        request = pb.LoadPipelineWeightsRequest(session_id=self.id)
-        if path is not None:
-            request.weights_path = path
-        else:
-            request.weights_bytes = data
-        if strict is not None:
-            request.strict = strict
-        return self._call("LoadPipelineWeights", request, timeout).resolved_path
+        return self._run(core.load_weights(self.id, path, data, file, strict), timeout)
 
     def save_pipeline(
-        self, path: str, *, metadata: Mapping[str, Any] | None = None, timeout: Any = _UNSET
+        self, path: str, *, metadata: Mapping[str, Any] | None = None, timeout: Any = UNSET
     ) -> pb.SavePipelineResponse:
         """Write the pipeline YAML and its ``.pt`` weights under the server's output root."""
-        request = pb.SavePipelineRequest(session_id=self.id, pipeline_path=path)
-        if metadata is not None:
-            request.metadata.CopyFrom(pb.PipelineMetadata(**metadata))
-        return self._call("SavePipeline", request, timeout)
+        return self._run(core.save_pipeline(self.id, path, metadata), timeout)
 
     def save_trainrun(
-        self, path: str, *, save_weights: bool = True, timeout: Any = _UNSET
+        self, path: str, *, save_weights: bool = True, timeout: Any = UNSET
     ) -> pb.SaveTrainRunResponse:
         """Write the train-run YAML, its pipeline and (by default) the weights under the output root."""
-        request = pb.SaveTrainRunRequest(session_id=self.id, trainrun_path=path, save_weights=save_weights)
-        return self._call("SaveTrainRun", request, timeout)
+        return self._run(core.save_trainrun(self.id, path, save_weights), timeout)
 
-    def inputs(self, *, timeout: Any = _UNSET) -> dict[str, pb.TensorSpec]:
+    def inputs(self, *, timeout: Any = UNSET) -> dict[str, pb.TensorSpec]:
         """The pipeline's inputs by batch key."""
-        resp = self._call("GetPipelineInputs", pb.GetPipelineInputsRequest(session_id=self.id), timeout)
-        return dict(resp.input_specs)
+        return self._run(core.pipeline_inputs(self.id), timeout)
 
-    def outputs(self, *, timeout: Any = _UNSET) -> dict[str, pb.TensorSpec]:
+    def outputs(self, *, timeout: Any = UNSET) -> dict[str, pb.TensorSpec]:
         """The pipeline's outputs by ``node.port``."""
-        resp = self._call("GetPipelineOutputs", pb.GetPipelineOutputsRequest(session_id=self.id), timeout)
-        return dict(resp.output_specs)
+        return self._run(core.pipeline_outputs(self.id), timeout)
 
-    def visualize(self, format: str = "svg", *, timeout: Any = _UNSET) -> bytes:
+    def visualize(self, format: str = "svg", *, timeout: Any = UNSET) -> bytes:
         """The session's pipeline graph rendered as png, svg, dot or mermaid."""
-        request = pb.GetPipelineVisualizationRequest(session_id=self.id, format=format)
-        return self._call("GetPipelineVisualization", request, timeout).image_data
+        return self._run(core.visualize(self.id, format), timeout)
 
     # training --------------------------------------------------------------------------------------------
     def train(
@@ -683,59 +440,20 @@ class Session:
         timeout:
             Deadline for the whole run in seconds (default none).
         """
-        if isinstance(trainer, str):
-            try:
-                trainer_type = TRAINERS[trainer.lower()]
-            except KeyError:
-                raise local_error(
-                    errors.InvalidArgument,
-                    f"unknown trainer {trainer!r}; use one of {', '.join(TRAINERS)}",
-                    field="trainer_type",
-                ) from None
-            label = trainer.lower()
-        else:
-            trainer_type = int(trainer)
-            label = pb.TrainerType.Name(trainer_type).removeprefix("TRAINER_TYPE_").lower()
-        request = pb.TrainRequest(session_id=self.id, trainer_type=trainer_type)
-        if data is not None:
-            request.data.CopyFrom(pb.DataConfig(config_bytes=config_bytes(data)))
-        if training is not None:
-            request.training.CopyFrom(pb.TrainingConfig(config_bytes=config_bytes(training)))
-        call = self.client._stream("Train", request, timeout)
+        call, label = core.train(self.id, trainer, data, training)
+        stream = self.client._stream(call, timeout)
         show = attached_to_terminal() if progress is None else progress
-        return TrainStream(call, early_stop=early_stop, progress=show, description=label)
+        return TrainStream(stream, early_stop=early_stop, progress=show, description=label)
 
-    def stop_train(self, *, timeout: Any = _UNSET) -> pb.StopTrainResponse:
+    def stop_train(self, *, timeout: Any = UNSET) -> pb.StopTrainResponse:
         """Ask the running training to stop; its stream then ends with CANCELLED."""
-        return self._call("StopTrain", pb.StopTrainRequest(session_id=self.id), timeout)
+        return self._run(core.stop_train(self.id), timeout)
 
-    def train_status(self, *, timeout: Any = _UNSET) -> pb.TrainResponse:
+    def train_status(self, *, timeout: Any = UNSET) -> pb.TrainResponse:
         """The latest real progress of the current or last run (status UNSPECIFIED if never trained)."""
-        resp = self._call("GetTrainStatus", pb.GetTrainStatusRequest(session_id=self.id), timeout)
-        return resp.latest_progress
+        return self._run(core.train_status(self.id), timeout)
 
     # inference -------------------------------------------------------------------------------------------
-    def _frames(self, cube: Any, wavelengths: Any, mask: Any, file: str | Path | None, frame: int) -> Frames:
-        if (cube is None) == (file is None):
-            raise local_error(errors.InvalidArgument, "give either cube (numpy) or file", field="inputs")
-        if file is None:
-            return from_arrays(cube, wavelengths, mask)
-        frames = read_file(file, frame=frame)
-        if wavelengths is not None:
-            frames.wavelengths = np.asarray(wavelengths)
-        return frames
-
-    def _request(
-        self,
-        frames: Frames,
-        output_specs: Iterable[str],
-        extra_inputs: Mapping[str, Any] | None,
-        text_prompt: str,
-    ) -> bytes:
-        return frames.encode_request(
-            self.id, list(output_specs), text_prompt=text_prompt, extra_inputs=extra_inputs
-        )
-
     def infer(
         self,
         cube: Any = None,
@@ -767,14 +485,9 @@ class Session:
         timeout:
             Deadline in seconds (default none).
         """
-        frames = self._frames(cube, wavelengths, mask, file, frame)
-        return self.infer_frames(
-            frames,
-            output_specs=output_specs,
-            extra_inputs=extra_inputs,
-            text_prompt=text_prompt,
-            timeout=timeout,
-        )
+        inputs = core.frames(cube, wavelengths, mask, file, frame)
+        call = core.inference(self.id, inputs, output_specs, extra_inputs, text_prompt)
+        return self._run(call, timeout)
 
     def infer_frames(
         self,
@@ -786,10 +499,7 @@ class Session:
         timeout: float | None = None,
     ) -> InferenceResult:
         """:meth:`infer` for inputs already read with :func:`~cuvis_cluster.client.read_inputs`."""
-        request = self._request(frames, output_specs, extra_inputs, text_prompt)
-        return InferenceResult(
-            self.client._call("Inference", request, timeout, stub=self.client._inference_stub)
-        )
+        return self._run(core.inference(self.id, frames, output_specs, extra_inputs, text_prompt), timeout)
 
     def infer_future(
         self,
@@ -805,37 +515,26 @@ class Session:
         timeout: float | None = None,
     ) -> CallHandle:
         """Like :meth:`infer`, but returns at once with a handle to ``result()`` or ``cancel()`` the call."""
-        frames = self._frames(cube, wavelengths, mask, file, frame)
-        request = self._request(frames, output_specs, extra_inputs, text_prompt)
-        return self.client._future(
-            "Inference", request, timeout, InferenceResult, stub=self.client._inference_stub
-        )
+        inputs = core.frames(cube, wavelengths, mask, file, frame)
+        call = core.inference(self.id, inputs, output_specs, extra_inputs, text_prompt)
+        return self.client._start(call, timeout)
 
     # plugins, nodes, profiling ---------------------------------------------------------------------------
-    def load_plugin(self, manifest: Mapping[str, Any] | str | bytes, *, timeout: Any = _UNSET) -> str:
+    def load_plugin(self, manifest: Mapping[str, Any] | str | bytes, *, timeout: Any = UNSET) -> str:
         """Register a plugin manifest in this session; returns the registered name."""
-        request = pb.LoadPluginRequest(
-            session_id=self.id, manifest=pb.PluginManifest(config_bytes=config_bytes(manifest))
-        )
-        resp = self._call("LoadPlugin", request, timeout)
-        if resp.error:
-            raise local_error(
-                errors.InvalidArgument, f"plugin not registered: {resp.error}", field="manifest"
-            )
-        return resp.registered_plugin
+        return self._run(core.load_plugin(self.id, manifest), timeout)
 
-    def list_plugins(self, *, timeout: Any = _UNSET) -> list[pb.PluginInfo]:
-        resp = self._call("ListLoadedPlugins", pb.ListLoadedPluginsRequest(session_id=self.id), timeout)
-        return list(resp.plugins)
+    def list_plugins(self, *, timeout: Any = UNSET) -> list[pb.PluginInfo]:
+        """Plugins registered in this session."""
+        return self._run(core.list_plugins(self.id), timeout)
 
-    def plugin_info(self, name: str, *, timeout: Any = _UNSET) -> pb.PluginInfo:
-        request = pb.GetPluginInfoRequest(session_id=self.id, plugin_name=name)
-        return self._call("GetPluginInfo", request, timeout).plugin
+    def plugin_info(self, name: str, *, timeout: Any = UNSET) -> pb.PluginInfo:
+        """One registered plugin."""
+        return self._run(core.plugin_info(self.id, name), timeout)
 
-    def list_nodes(self, *, timeout: Any = _UNSET) -> list[pb.NodeInfo]:
+    def list_nodes(self, *, timeout: Any = UNSET) -> list[pb.NodeInfo]:
         """Node types this session can use (built-in plus its plugins')."""
-        resp = self._call("ListAvailableNodes", pb.ListAvailableNodesRequest(session_id=self.id), timeout)
-        return list(resp.nodes)
+        return self._run(core.list_nodes(self.id), timeout)
 
     def set_profiling(
         self,
@@ -844,22 +543,14 @@ class Session:
         synchronize_cuda: bool | None = None,
         reset: bool | None = None,
         skip_first_n: int | None = None,
-        timeout: Any = _UNSET,
+        timeout: Any = UNSET,
     ) -> bool:
-        request = pb.SetProfilingRequest(session_id=self.id, enabled=enabled)
-        for name, value in (
-            ("synchronize_cuda", synchronize_cuda),
-            ("reset", reset),
-            ("skip_first_n", skip_first_n),
-        ):
-            if value is not None:
-                setattr(request, name, value)
-        return self._call("SetProfiling", request, timeout).profiling_enabled
+        """Switch per-node profiling on or off; returns whether it is on."""
+        call = core.set_profiling(self.id, enabled, synchronize_cuda, reset, skip_first_n)
+        return self._run(call, timeout)
 
     def profiling_summary(
-        self, stage: int | None = None, *, timeout: Any = _UNSET
+        self, stage: int | None = None, *, timeout: Any = UNSET
     ) -> list[pb.NodeProfilingStats]:
-        request = pb.GetProfilingSummaryRequest(session_id=self.id)
-        if stage is not None:
-            request.stage = stage
-        return list(self._call("GetProfilingSummary", request, timeout).node_stats)
+        """Per-node timing statistics, optionally of one ``pb.EXECUTION_STAGE_*`` only."""
+        return self._run(core.profiling_summary(self.id, stage), timeout)

@@ -25,6 +25,8 @@ class ServerError(errors.CuvisError):
 
 
 def _attach(exc: errors.CuvisError, code: grpc.StatusCode, details: str, method: str) -> errors.CuvisError:
+    # errors.CuvisError stays free of grpc (errors imports nothing), so the SDK adds these attributes to the
+    # instance; `status_code()` and the docs describe them.
     exc.code = code  # type: ignore[attr-defined]
     exc.details = details  # type: ignore[attr-defined]
     exc.method = method  # type: ignore[attr-defined]

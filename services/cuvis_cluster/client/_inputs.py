@@ -145,7 +145,7 @@ CUVIS_MISSING = (
 def read_cu3s(path: Path, *, frame: int = 0, processing_mode: str = "Raw") -> Frames:
     """One measurement of a ``.cu3s`` session file, through the cuvis SDK when it can be imported."""
     try:
-        import cuvis  # type: ignore[import-not-found]
+        import cuvis  # type: ignore[import-not-found]  # optional vendor SDK, absent from registries
     except Exception as exc:  # ImportError, or the SDK's own error when libcuvis is missing
         raise local_error(errors.FailedPrecondition, f"{CUVIS_MISSING} ({exc})", field="input") from exc
     session = cuvis.SessionFile(str(path))

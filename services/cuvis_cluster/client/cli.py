@@ -20,7 +20,7 @@ from google.protobuf.json_format import MessageToDict
 
 from cuvis_cluster import errors
 from cuvis_cluster.client import Client, Session, format_progress, read_inputs
-from cuvis_cluster.client._client import check_overrides
+from cuvis_cluster.client._core import check_overrides
 from cuvis_cluster.client._errors import (
     EXIT_INTERRUPTED,
     EXIT_LOCAL_ERROR,

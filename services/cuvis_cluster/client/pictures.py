@@ -7,6 +7,7 @@ safe in threads and on machines without a display.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def rgb_band_indices(wavelengths: Any, channels: int) -> tuple[int, int, int]:
     if wavelengths is None or np.asarray(wavelengths).size == 0:
         return (int(channels * 0.75), int(channels * 0.5), int(channels * 0.25))
     wl = np.asarray(wavelengths, dtype=np.float64).reshape(-1, np.asarray(wavelengths).shape[-1])[0]
-    return tuple(int(np.argmin(np.abs(wl - target))) for target in RGB_TARGETS_NM)  # type: ignore[return-value]
+    red, green, blue = (int(np.argmin(np.abs(wl - target))) for target in RGB_TARGETS_NM)
+    return red, green, blue
 
 
 def false_rgb(cube: Any, wavelengths: Any = None, *, index: int = 0) -> np.ndarray:
@@ -166,7 +168,9 @@ def write_outputs(
     for name, value in result.metrics.items():
         arrays[f"metric:{name}"] = np.asarray(value, dtype=np.float32)
     npz = out / f"{stem}_outputs.npz"
-    np.savez_compressed(npz, **arrays)
+    # Output names are arbitrary keywords here; numpy's stubs read any keyword as possibly `allow_pickle`.
+    save_npz: Callable[..., None] = np.savez_compressed
+    save_npz(npz, **arrays)
     written["npz"] = npz
     scores = (scores_name, result[scores_name]) if scores_name else result.scores()
     if scores is not None:
