@@ -49,7 +49,7 @@ def _modules_after_import(module: str) -> set[str]:
 
 
 def test_engine_is_protocol_free():
-    loaded = _modules_after_import("cuvis_cluster.engine.service")
+    loaded = _modules_after_import("cuvis_cluster.engine.facade")
     assert not any(name == "grpc" or name.startswith("grpc.") for name in loaded)
     assert not any(name.startswith("cuvis_cluster.wire") for name in loaded)
 
@@ -69,3 +69,15 @@ def test_ruff_lint_and_format_are_clean():
         [str(VENV_BIN / "ruff"), "format", "--check", *targets], cwd=ROOT, capture_output=True, text=True
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_mypy_is_clean():
+    """mypy (configured in pyproject.toml) reports no error: a new one fails the suite, as ruff's do."""
+    result = subprocess.run(
+        [str(VENV_BIN / "mypy"), "--no-error-summary", "--no-incremental", "--cache-dir=/dev/null"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
