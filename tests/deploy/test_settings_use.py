@@ -1,8 +1,9 @@
 """One configuration surface, checked for use and not only for declaration.
 
-* every field of ``WorkerSettings`` / ``GatewaySettings`` is read somewhere under ``services/``
-  (an attribute access ``<something>.<field>`` outside ``common/settings.py``): a setting that is
-  declared, rendered by the chart and read by nothing fails here;
+* every field of ``WorkerSettings`` / ``GatewaySettings`` is read by the code of that role (an
+  attribute access ``<something>.<field>`` in the role's own package, ``common/`` or ``routing/``, outside
+  ``common/settings.py``): a setting that is declared, rendered by the chart and read by nothing fails
+  here, and so does a worker setting that only the gateway happens to read under the same name;
 * no code under ``services/`` reads a ``CUVIS_*`` variable from ``os.environ`` / ``os.getenv`` except
   through the settings classes, so that flag, environment variable and Helm value stay one thing.
 """
@@ -22,13 +23,20 @@ SETTINGS_MODULE = Path("common/settings.py")
 # Generated protobuf code reads no settings.
 SKIPPED = (Path("wire/gen"),)
 
+# Where each role's settings may be read: its own package and what it shares with the other role.
+ROLE_PACKAGES = {
+    WorkerSettings: (Path("worker"), Path("common"), Path("routing")),
+    GatewaySettings: (Path("gateway"), Path("common"), Path("routing")),
+}
+
 # Fields allowed to be declared without being read, with the reason. Empty: every setting is used.
 UNREAD_ALLOWED: dict[str, str] = {}
 
 # Modules (or packages) allowed to read CUVIS_* variables themselves, with the reason.
 ENV_READERS_ALLOWED = {
-    Path("client"): "the client's own surface: CUVIS_ADDRESS is ClientSettings.address "
-    "(client/settings.py, docs/client.md), a separate set of names that never collides with the servers'",
+    Path("client"): "the client's own surface (client/settings.py, docs/client.md): CUVIS_ADDRESS, "
+    "CUVIS_CA_FILE, ...; CUVIS_MAX_MESSAGE_BYTES is spelt as the servers' setting on purpose (the same "
+    "limit, on the client's side of the connection)",
     Path("deploy/tools.py"): "developer tooling: CUVIS_HELM / CUVIS_KUBECTL / CUVIS_PROMTOOL locate the "
     "binaries the deployment tests run; no server reads them",
 }
@@ -123,9 +131,18 @@ def environment_reads(modules: dict[Path, str], *, settings: Path = SETTINGS_MOD
 # ------------------------------------------------------------------------------------------ the rules
 
 
+def role_sources(cls: type[BaseModel]) -> dict[Path, str]:
+    """The modules of ``cls``'s role (see ROLE_PACKAGES), settings.py included."""
+    return {
+        rel: text
+        for rel, text in sources().items()
+        if rel == SETTINGS_MODULE or any(rel.is_relative_to(p) for p in ROLE_PACKAGES[cls])
+    }
+
+
 @pytest.mark.parametrize("cls", [WorkerSettings, GatewaySettings], ids=["worker", "gateway"])
 def test_every_setting_is_read_by_the_code(cls):
-    unread = unread_settings(cls, sources())
+    unread = unread_settings(cls, role_sources(cls))
     assert not unread, (
         f"{cls.__name__} declares settings that no code under services/ reads: {sorted(unread)}. "
         "Use them, or remove them from the settings, the chart (values.yaml, values.schema.json) and "
@@ -197,3 +214,21 @@ def test_environment_reads_are_caught():
     }
     found = environment_reads(modules)
     assert [line.split(": ", 1)[0] for line in found] == [f"gateway/main.py:{n}" for n in (3, 4, 5, 6, 7)]
+
+
+# ----------------------------------------------------------------------------- names from earlier releases
+
+
+def test_a_renamed_environment_variable_stops_the_binary_naming_the_new_one(monkeypatch, capsys):
+    monkeypatch.setenv("CUVIS_GATEWAY_LOOP", "asyncio")
+    with pytest.raises(SystemExit) as exit_info:
+        GatewaySettings.from_args([], prog="cuvis-gateway", description="")
+    assert exit_info.value.code == 2
+    assert "CUVIS_GATEWAY_LOOP was renamed CUVIS_EVENT_LOOP" in capsys.readouterr().err
+
+
+def test_a_removed_environment_variable_is_ignored_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setenv("CUVIS_TOUCH_INTERVAL_SECONDS", "30")
+    settings = GatewaySettings.from_args([], prog="cuvis-gateway", description="")
+    assert settings.event_loop == "uvloop"
+    assert "CUVIS_TOUCH_INTERVAL_SECONDS is no longer a setting" in capsys.readouterr().err

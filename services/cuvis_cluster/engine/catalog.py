@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from cuvis_cluster.engine.pipelines import metadata_of
 from cuvis_cluster.engine.roots import inside
+from cuvis_cluster.engine.session_pipeline import metadata_of
 from cuvis_cluster.engine.types import PipelineEntry
 from cuvis_cluster.errors import InvalidArgument, NotFound
 

@@ -6,8 +6,9 @@ The gRPC servicer decodes a request, calls one method here and encodes the resul
 :class:`cuvis_cluster.engine.api.EngineAPI`.
 
 Each method looks up the session and delegates to the module that holds the work: path confinement in
-:mod:`.roots`, a session's pipeline in :mod:`.pipelines`, the shipped pipeline configs in :mod:`.catalog`,
-ValidateConfig in :mod:`.validation`, train runs in :mod:`.trainruns`, Inference in :mod:`.inference`.
+:mod:`.roots`, a session's pipeline in :mod:`.session_pipeline`, the shipped pipeline configs in
+:mod:`.catalog`, ValidateConfig in :mod:`.validation`, train runs in :mod:`.trainruns`, Inference in
+:mod:`.inference`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from cuvis_cluster.engine import (
     catalog,
     configs,
     inference,
-    pipelines,
     schemas,
+    session_pipeline,
     trainruns,
     validation,
 )
@@ -165,21 +166,21 @@ class Engine:
     # pipelines
     # ----------------------------------------------------------------------------------------------
     def load_pipeline(self, session_id: str, config: bytes | str | Mapping[str, Any]) -> PipelineMetadata:
-        return pipelines.load(self.session(session_id), config, self.device)
+        return session_pipeline.load(self.session(session_id), config, self.device)
 
     def load_weights(self, session_id: str, path: str | None, data: bytes | None, strict: bool = True) -> str:
-        return pipelines.load_weights(self.session(session_id), self.roots, path, data, strict)
+        return session_pipeline.load_weights(self.session(session_id), self.roots, path, data, strict)
 
     def save_pipeline(
         self, session_id: str, path: str, metadata: PipelineMetadata | None = None
     ) -> SavedPipeline:
-        return pipelines.save(self.session(session_id), self.roots, path, metadata)
+        return session_pipeline.save(self.session(session_id), self.roots, path, metadata)
 
     def pipeline_inputs(self, session_id: str) -> list[TensorSpecInfo]:
-        return pipelines.inputs(self.session(session_id))
+        return session_pipeline.inputs(self.session(session_id))
 
     def pipeline_outputs(self, session_id: str) -> list[TensorSpecInfo]:
-        return pipelines.outputs(self.session(session_id))
+        return session_pipeline.outputs(self.session(session_id))
 
     def list_pipelines(self, filter_tag: str | None = None) -> list[PipelineEntry]:
         return catalog.list_pipelines(self.roots.pipeline_configs, filter_tag)
@@ -196,7 +197,7 @@ class Engine:
             raise InvalidArgument("session_id or config_content is required", field="session_id")
         session = self.session(session_id)
         with session.reading():
-            pipeline = pipelines.require(session)
+            pipeline = session_pipeline.require(session)
             return Visualization(*viz.visualize_pipeline(pipeline, fmt))
 
     # ----------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class Engine:
 
     def load_plugin(self, session_id: str, manifest: bytes) -> PluginLoad:
         session = self.session(session_id)
-        session._refuse_if_training("LoadPlugin")
+        session.refuse_if_training("LoadPlugin")
         name, error = self.plugins.load(session, manifest)
         return PluginLoad(name=name, error=error)
 
@@ -278,9 +279,9 @@ class Engine:
 
     def _profiler(self, session: Session) -> Profiler:
         """The session's profiler (created on first use), attached to its pipeline."""
-        profiler = session.extras.get("profiler")
+        profiler = session.profiler
         if profiler is None:
-            profiler = session.extras["profiler"] = Profiler()
+            profiler = session.profiler = Profiler()
         if session.pipeline is not None:
             session.pipeline.profiler = profiler
         return profiler
@@ -294,10 +295,10 @@ class Engine:
         skip_first_n: int | None = None,
     ) -> bool:
         session = self.session(session_id)
-        pipelines.require(session)
+        session_pipeline.require(session)
         return self._profiler(session).configure(enabled, synchronize_cuda, reset, skip_first_n)
 
     def profiling_summary(self, session_id: str, stage: str | None = None) -> list[NodeProfilingStats]:
         session = self.session(session_id)
-        pipelines.require(session)
+        session_pipeline.require(session)
         return self._profiler(session).summary(stage or None)

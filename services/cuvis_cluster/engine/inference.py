@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cuvis_cluster.engine import pipelines
+from cuvis_cluster.engine import session_pipeline
 from cuvis_cluster.engine.nodes.base import TORCH_DTYPES, Stage
 from cuvis_cluster.engine.pipeline import Pipeline, dtype_name
 from cuvis_cluster.engine.sessions import Session
@@ -98,14 +98,14 @@ def infer(
     with session.reading():
         # A running trainer updates buffers in place (statistical init, EMA centres): refuse rather
         # than answer from a half-fitted model.
-        session._refuse_if_training("Inference")
-        pipeline = pipelines.require(session)
+        session.refuse_if_training("Inference")
+        pipeline = session_pipeline.require(session)
     batch = {k: v for k, v in inputs.items() if v is not None}
     check_inputs(pipeline, batch)
     wanted = _wanted_outputs(pipeline, output_filter)
     try:
         with session.reading(), torch.no_grad():
-            session._refuse_if_training("Inference")
+            session.refuse_if_training("Inference")
             raw = pipeline(batch, Stage.INFERENCE)
     except torch.OutOfMemoryError as exc:
         raise ResourceExhausted(f"inference ran out of memory: {str(exc).splitlines()[0]}") from None

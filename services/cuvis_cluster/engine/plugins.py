@@ -320,7 +320,8 @@ class PluginManager:
     # -- queries ---------------------------------------------------------------------------------
     @staticmethod
     def plugins_of(session: Any) -> dict[str, LoadedPlugin]:
-        return session.extras.setdefault("plugins", {})
+        plugins: dict[str, LoadedPlugin] = session.plugins
+        return plugins
 
     # ``list`` below shadows the builtin inside this class body, hence ``builtins.list`` in annotations.
     def list(self, session: Any) -> builtins.list[PluginInfo]:

@@ -17,12 +17,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from cuvis_cluster.engine.nodes.base import NodeRegistry
 from cuvis_cluster.engine.pipeline import Pipeline
+from cuvis_cluster.engine.plugins import LoadedPlugin
+from cuvis_cluster.engine.profiling import Profiler
 from cuvis_cluster.engine.training.run import TrainRun
 from cuvis_cluster.engine.types import JsonObject, ProgressEvent
 from cuvis_cluster.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
@@ -96,8 +98,8 @@ class Session:
         self.training_config: JsonObject | None = None
         self.train_run: TrainRun | None = None  # the current or last run
         self.last_event: ProgressEvent | None = None  # latest event of any run
-        # Free-form per-session state for the plugin, profiling and trainer modules.
-        self.extras: dict[str, Any] = {}
+        self.profiler: Profiler | None = None  # created by the first SetProfiling
+        self.plugins: dict[str, LoadedPlugin] = {}  # loaded by LoadPlugin, by registered name
         self.lock = RWLock()
         self.closed = False
         self._state = threading.Lock()
@@ -126,9 +128,9 @@ class Session:
     @contextlib.contextmanager
     def mutating(self, what: str = "") -> Iterator[None]:
         """Exclusive access for a call that changes the session; refused while training."""
-        self._refuse_if_training(what)
+        self.refuse_if_training(what)
         with self.lock.write():
-            self._refuse_if_training(what)
+            self.refuse_if_training(what)
             self.touch()
             yield
 
@@ -139,7 +141,8 @@ class Session:
             self.touch()
             yield
 
-    def _refuse_if_training(self, what: str) -> None:
+    def refuse_if_training(self, what: str) -> None:
+        """FailedPrecondition naming ``what`` while a run trains in this session."""
         if self._training:
             prefix = f"{what}: " if what else ""
             raise FailedPrecondition(f"{prefix}{TRAINING_IN_PROGRESS} in session {self.id}; stop it or wait")
@@ -154,13 +157,10 @@ class Session:
                 run.cancel("session closed")
             with contextlib.suppress(Exception):
                 run.join(timeout=30)
-        on_close = self.extras.get("on_close")
-        if callable(on_close):
-            with contextlib.suppress(Exception):
-                on_close(self)
         self.pipeline = None
         self.train_run = None
-        self.extras.clear()
+        self.profiler = None
+        self.plugins.clear()
 
 
 class SessionManager:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cuvis_cluster.engine import configs, pipelines, schemas
+from cuvis_cluster.engine import configs, schemas, session_pipeline
 from cuvis_cluster.engine.pipeline import Pipeline
 from cuvis_cluster.engine.roots import Roots, atomic_write, yaml_bytes
 from cuvis_cluster.engine.sessions import Session, SessionManager
@@ -31,15 +31,15 @@ def set_trainrun(
     session: Session, config: bytes | str | Mapping[str, Any], roots: Roots, device: torch.device
 ) -> bool:
     """SetTrainRunConfig; True when the config brought a pipeline (inline or by reference)."""
-    session._refuse_if_training("SetTrainRunConfig")
+    session.refuse_if_training("SetTrainRunConfig")
     data = configs.parse_payload(config, "config")
     model = schemas.validate("trainrun", data)
     assert isinstance(model, schemas.TrainRunConfig)
     pipeline: Pipeline | None = None
     if isinstance(model.pipeline, schemas.PipelineConfig):
-        pipeline = pipelines.build(session, model.pipeline, device)
+        pipeline = session_pipeline.build(session, model.pipeline, device)
     elif isinstance(model.pipeline, str):
-        pipeline = pipelines.build_from_reference(session, model.pipeline, roots, device)
+        pipeline = session_pipeline.build_from_reference(session, model.pipeline, roots, device)
     elif session.pipeline is None:
         raise FailedPrecondition(
             "the train-run config has no pipeline and none is loaded in the session; "
@@ -47,7 +47,7 @@ def set_trainrun(
         )
     with session.mutating("SetTrainRunConfig"):
         if pipeline is not None:
-            pipelines.install(session, pipeline)
+            session_pipeline.install(session, pipeline)
         stored = schemas.dump(model)
         if pipeline is not None:
             stored["pipeline"] = pipeline.to_config()
@@ -83,8 +83,8 @@ def start(
             f"trainer_type: {trainer_type!r} is not a trainer type; use one of {', '.join(TRAINER_TYPES)}",
             field="trainer_type",
         )
-    session._refuse_if_training("Train")
-    pipelines.require(session)
+    session.refuse_if_training("Train")
+    session_pipeline.require(session)
     data_override = _coerce_section(data, "data")
     training_override = _coerce_section(training, "training")
     if not (data_override or session.data_config):
@@ -149,8 +149,8 @@ def save(session: Session, roots: Roots, path: str, save_weights: bool = False) 
     pipeline_path = trainrun_path.with_name(f"{stem}_pipeline.yaml")
     weights_path = trainrun_path.with_suffix(".pt")
     with session.reading():
-        session._refuse_if_training("SaveTrainRun")
-        pipeline = pipelines.require(session)
+        session.refuse_if_training("SaveTrainRun")
+        pipeline = session_pipeline.require(session)
         trainrun = dict(session.trainrun or {})
         trainrun.setdefault("name", stem)
         if not trainrun.get("name"):
@@ -208,12 +208,12 @@ def restore(
         payload = read_weights(wfile.read_bytes(), "weights_path")
     session = existing or sessions.create(owner)
     try:
-        session._refuse_if_training("RestoreTrainRun")
-        pipeline = pipelines.build(session, resolved["pipeline"], device)
+        session.refuse_if_training("RestoreTrainRun")
+        pipeline = session_pipeline.build(session, resolved["pipeline"], device)
         if payload is not None:
             pipeline.load_weights_payload(payload, strict=bool(strict))
         with session.mutating("RestoreTrainRun"):
-            pipelines.install(session, pipeline)
+            session_pipeline.install(session, pipeline)
             _install_trainrun(session, resolved)
     except BaseException:
         if existing is None:

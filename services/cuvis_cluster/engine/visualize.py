@@ -9,14 +9,17 @@ session renders without instantiating any node (and without needing the plugins 
 from __future__ import annotations
 
 import json
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import graphviz
 import yaml
 
 from cuvis_cluster.engine import schemas
 from cuvis_cluster.engine.nodes import BUILTIN
-from cuvis_cluster.errors import FailedPrecondition, InvalidArgument
+from cuvis_cluster.errors import FailedPrecondition, InvalidArgument, Unimplemented
+
+if TYPE_CHECKING:
+    import graphviz
 
 FORMATS = ("png", "svg", "dot", "graphviz", "mermaid")
 DEFAULT_FORMAT = "png"
@@ -94,8 +97,21 @@ def graph_from_config(config: dict[str, Any], categories: dict[str, str] | None 
     return {"name": model.metadata.name or "pipeline", "nodes": out_nodes, "edges": edges}
 
 
+def _graphviz() -> ModuleType:
+    """The ``graphviz`` package, imported on first use: a worker installed without it still serves every
+    other RPC, and the Mermaid format, and answers PNG/SVG/DOT with UNIMPLEMENTED."""
+    try:
+        import graphviz
+    except ImportError as exc:
+        raise Unimplemented(
+            f"pipeline visualization as PNG, SVG or DOT is not available on this worker ({exc}); "
+            "the 'mermaid' format works without it"
+        ) from None
+    return graphviz
+
+
 def to_digraph(graph: dict[str, Any]) -> graphviz.Digraph:
-    dot = graphviz.Digraph(name=graph["name"], graph_attr={"rankdir": "LR", "fontname": "Helvetica"})
+    dot = _graphviz().Digraph(name=graph["name"], graph_attr={"rankdir": "LR", "fontname": "Helvetica"})
     dot.attr("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="11")
     dot.attr("edge", fontname="Helvetica", fontsize="9")
     known = set()
@@ -141,6 +157,7 @@ def render(graph: dict[str, Any], fmt: str) -> bytes:
     dot = to_digraph(graph)
     if fmt in ("dot", "graphviz"):
         return dot.source.encode()
+    graphviz = _graphviz()
     try:
         return dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound:

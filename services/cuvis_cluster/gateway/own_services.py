@@ -18,8 +18,7 @@ from grpc_health.v1 import health_pb2
 
 from cuvis_cluster.common.serving import HEALTH_SERVICE_NAME, OVERALL, GrpcServer
 from cuvis_cluster.gateway.registry import Registry
-from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
-from cuvis_cluster.wire.pb import SERVICE_NAME
+from cuvis_cluster.wire.pb import SERVICE_NAME, control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,11 @@ from cuvis_cluster.gateway.h2link import Leg, Link
 from cuvis_cluster.gateway.routes import Plan, Route
 from cuvis_cluster.gateway.scan import FieldScanner, ScanError, message_too_large
 from cuvis_cluster.gateway.upstreams import reason
+from cuvis_cluster.routing.metadata import PREFIX
 from cuvis_cluster.wire.status import status_for
+
+# Metadata a client may not set: the gateway drops it and adds its own (routing.metadata).
+_RESERVED_PREFIX = PREFIX.encode("ascii")
 
 if TYPE_CHECKING:
     from cuvis_cluster.gateway.frontend import FrontEnd
@@ -405,7 +409,7 @@ class Call:
                 if k == b":authority":
                     out.append((k, v))
                 continue
-            if k in grpcwire.HOP_BY_HOP or k.startswith(b"x-cuvis-") or k == b"authorization":
+            if k in grpcwire.HOP_BY_HOP or k.startswith(_RESERVED_PREFIX) or k == b"authorization":
                 continue
             if k == b"grpc-timeout":
                 continue

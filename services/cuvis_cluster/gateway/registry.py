@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from cuvis_cluster.routing import redis_schema as rs
 from cuvis_cluster.routing.membership import WorkerInfo, describe
-from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
+from cuvis_cluster.wire.pb import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 

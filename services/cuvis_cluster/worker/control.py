@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
+from cuvis_cluster.wire.pb import control_pb2, control_pb2_grpc
 from cuvis_cluster.worker.membership import ClusterMembership
 
 log = logging.getLogger(__name__)

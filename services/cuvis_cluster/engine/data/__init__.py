@@ -1,7 +1,7 @@
 """Data modules: synthetic Lentils, NPZ folders, .cu3s sessions (cuvis SDK) and Indian Pines (tensorly).
 
 Entry points: :func:`build_datamodule` (config mapping + :class:`DataRoots` -> set-up :class:`DataModule`,
-in :mod:`.registry`) and :class:`DataRoots` for path confinement. See :mod:`.base` for the batch-dict
+in :mod:`.factory`) and :class:`DataRoots` for path confinement. See :mod:`.base` for the batch-dict
 layout and the registry table.
 """
 
@@ -18,8 +18,8 @@ from .base import (
     parse_ids,
     register_data_module,
 )
+from .factory import build_datamodule  # also imports (and so registers) every built-in source
 from .paths import DataRoots
-from .registry import build_datamodule  # also imports (and so registers) every built-in source
 
 __all__ = [
     "CONFIG_KEYS",

@@ -1,4 +1,4 @@
-"""The data-module interface and its registry table (the factory is in :mod:`.registry`).
+"""The data-module interface and its registry table (the factory is in :mod:`.factory`).
 
 A data module serves frames of one source (synthetic, NPZ folder, .cu3s session, Indian Pines) split into
 train/val/test by frame ids. Its loaders yield **batch dicts** of CPU tensors:
@@ -335,7 +335,7 @@ def _positive_int(value: Any, field: str, minimum: int) -> int:
 
 
 # Data module name -> class. Filled by @register_data_module as each implementation is imported; this
-# module imports none of them (:mod:`.registry` does), so the implementations can import it freely.
+# module imports none of them (:mod:`.factory` does), so the implementations can import it freely.
 DATA_MODULES: dict[str, type[DataModule]] = {}
 
 

@@ -57,9 +57,8 @@ def build_from_reference(session: Session, ref: str, roots: Roots, device: torch
 
 def install(session: Session, pipeline: Pipeline) -> None:
     """Make ``pipeline`` the session's (caller holds the write lock)."""
-    profiler = session.extras.get("profiler")
-    if profiler is not None:
-        pipeline.profiler = profiler
+    if session.profiler is not None:
+        pipeline.profiler = session.profiler
     session.pipeline = pipeline
 
 
@@ -76,7 +75,7 @@ def require(session: Session) -> Pipeline:
 
 def load(session: Session, config: bytes | str | Mapping[str, Any], device: torch.device) -> PipelineMetadata:
     """LoadPipeline: build the config and make it the session's; returns its metadata."""
-    session._refuse_if_training("LoadPipeline")
+    session.refuse_if_training("LoadPipeline")
     data = configs.parse_payload(config, "config")
     pipeline = build(session, data, device)
     with session.mutating("LoadPipeline"):
@@ -86,7 +85,7 @@ def load(session: Session, config: bytes | str | Mapping[str, Any], device: torc
 
 def load_weights(session: Session, roots: Roots, path: str | None, data: bytes | None, strict: bool) -> str:
     """LoadPipelineWeights from a server-side file (returns its resolved path) or from bytes (returns "")."""
-    session._refuse_if_training("LoadPipelineWeights")
+    session.refuse_if_training("LoadPipelineWeights")
     if path and data:
         raise InvalidArgument(
             "weights_source: give weights_path or weights_bytes, not both", field="weights_source"
@@ -124,7 +123,7 @@ def save(session: Session, roots: Roots, path: str, metadata: PipelineMetadata |
     yaml_path = roots.output_file(path, "pipeline_path")
     pt_path = yaml_path.with_suffix(".pt")
     with session.reading():
-        session._refuse_if_training("SavePipeline")
+        session.refuse_if_training("SavePipeline")
         pipeline = require(session)
         meta = _merged_metadata(pipeline.metadata, metadata)
         if not meta.get("created"):
