@@ -3,7 +3,9 @@
 Starts the same cluster as ``cuvis-cluster up`` (real redis-server, N workers, one gateway on loopback),
 then runs ``examples/complete_workflow.py`` as an ordinary client process against the gateway:
 resolve the train-run config, statistical training, save, inference, and the anomaly map as a PNG.
-The cluster is stopped afterwards whatever the outcome; the exit status is the client's.
+The cluster is stopped afterwards whatever the outcome; the exit status is the client's. SIGINT or
+SIGTERM at any point stops the client, then the cluster (as ``cuvis-cluster up`` does), and the demo
+exits 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import sys
 from pathlib import Path
 
 import cuvis_cluster
-from cuvis_cluster.localcluster.supervisor import ClusterError, LocalCluster
+from cuvis_cluster.common.children import popen_kwargs, stop_children
+from cuvis_cluster.localcluster.lifecycle import progress, run_cluster
+from cuvis_cluster.localcluster.supervisor import LocalCluster
 
+PHASE_WORKFLOW = "running the complete workflow"
 EXAMPLE = Path(cuvis_cluster.__file__).resolve().parents[2] / "examples" / "complete_workflow.py"
 
 
@@ -34,15 +39,28 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out = args.out.resolve()
     print(f"cuvis-cluster demo: starting redis-server, {args.workers} worker(s), a gateway", flush=True)
-    try:
-        with LocalCluster(workers=args.workers, listen=args.listen, workdir=out / "cluster") as cluster:
-            print(f"cuvis-cluster demo: gateway on {cluster.address}; running {EXAMPLE.name}", flush=True)
-            command = [sys.executable, str(EXAMPLE), "--address", cluster.address, "--out", str(out)]
-            command += ["--size", str(args.size)]
-            status = subprocess.call(command)
-    except ClusterError as exc:
-        print(f"cuvis-cluster demo: {exc}", file=sys.stderr)
-        return 1
+    cluster = LocalCluster(
+        workers=args.workers,
+        listen=args.listen,
+        workdir=out / "cluster",
+        progress=progress("cuvis-cluster demo"),
+    )
+    status = run_cluster(cluster, "cuvis-cluster demo", lambda: _workflow(cluster, args, out))
     outcome = "done" if status == 0 else f"failed ({status})"
     print(f"cuvis-cluster demo: {outcome}; cluster stopped", flush=True)
     return status
+
+
+def _workflow(cluster: LocalCluster, args: argparse.Namespace, out: Path) -> int:
+    """The example as a child process (own group, dies with us); stopped first on a signal."""
+    cluster.phase = PHASE_WORKFLOW
+    print(f"cuvis-cluster demo: gateway on {cluster.address}; running {EXAMPLE.name}", flush=True)
+    command = [sys.executable, str(EXAMPLE), "--address", cluster.address, "--out", str(out)]
+    command += ["--size", str(args.size)]
+    client = subprocess.Popen(command, **popen_kwargs())
+    cluster.watch(client)
+    try:
+        return client.wait()
+    finally:
+        # On a signal (Interrupted raised in wait) the client goes before the cluster does.
+        stop_children([client], grace=5.0, kill_after=5.0)

@@ -3,20 +3,27 @@
 ``cuvis-cluster up --workers 2 --listen 127.0.0.1:50050`` starts a real ``redis-server`` (from PATH),
 the workers and one gateway on loopback, prints the gateway address, and stops everything cleanly on
 Ctrl-C or SIGTERM.
+
+Signals are handled in every phase (starting Redis, starting workers and the gateway, the readiness
+wait, serving, stopping): the children are stopped in order (gateway, workers with their grace,
+Redis), SIGKILLed after a bound, and a signal during the stop kills them at once. Interrupted before
+the cluster serves, ``up`` exits 128 + the signal number with one line on stderr naming the phase;
+a Ctrl-C while serving that stops everything within the grace exits 0. Children die with ``up`` even
+when it is SIGKILLed (see :mod:`cuvis_cluster.localcluster.supervisor`).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
-import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cuvis_cluster.localcluster import demo
-from cuvis_cluster.localcluster.supervisor import ClusterError, LocalCluster
+from cuvis_cluster.localcluster.lifecycle import progress, run_cluster
+from cuvis_cluster.localcluster.supervisor import LocalCluster
 
 DESCRIPTION = "Run a local cuvis-ai cluster: redis-server, N workers and a gateway on loopback."
 
@@ -30,20 +37,14 @@ def _up(args: argparse.Namespace) -> int:
         gateway_args=args.gateway_arg or (),
         workdir=args.workdir,
         grace_seconds=args.grace_seconds,
+        redis_server=args.redis_server,
+        progress=progress("cuvis-cluster"),
     )
-    stop = threading.Event()
+    return run_cluster(cluster, "cuvis-cluster up", lambda: _serve(cluster))
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(f"cuvis-cluster: starting redis-server, {args.workers} worker(s) and a gateway ...", flush=True)
-    try:
-        cluster.start()
-    except ClusterError as exc:
-        print(f"cuvis-cluster: {exc}", file=sys.stderr, flush=True)
-        return 1
+def _serve(cluster: LocalCluster) -> int:
+    """Print the addresses, then watch the children until a signal (raises Interrupted) or a loss."""
     print(
         f"cuvis-cluster up: gateway on {cluster.address}\n"
         f"  workers: {', '.join(cluster.worker_addresses)}\n"
@@ -53,25 +54,21 @@ def _up(args: argparse.Namespace) -> int:
         "Press Ctrl-C to stop.",
         flush=True,
     )
-    try:
-        reported: set[str] = set()
-        while not stop.wait(0.5):
-            for child in [cluster.redis, cluster.gateway, *cluster.worker_procs]:
-                if child is None or child.alive() or child.name in reported:
-                    continue
-                reported.add(child.name)
-                print(f"cuvis-cluster: {child.name} exited unexpectedly:\n{child.tail()}", file=sys.stderr)
-                if child is cluster.redis or child is cluster.gateway:
-                    stop.set()  # without Redis or the gateway there is no cluster left to serve
-                else:
-                    # A lost worker is what the gateway is built to handle: its sessions answer
-                    # NOT_FOUND naming it, everything else keeps working.
-                    print("cuvis-cluster: the other workers keep serving", file=sys.stderr, flush=True)
-    finally:
-        print("cuvis-cluster: stopping ...", flush=True)
-        cluster.stop()
-        print("cuvis-cluster: stopped", flush=True)
-    return 0
+    reported: set[str] = set()
+    while True:
+        time.sleep(0.5)  # a signal interrupts it (Interrupted); the loop only polls for lost children
+        for child in [cluster.redis, cluster.gateway, *cluster.worker_procs]:
+            if child is None or child.alive() or child.name in reported:
+                continue
+            reported.add(child.name)
+            print(f"cuvis-cluster: {child.name} exited unexpectedly:\n{child.tail()}", file=sys.stderr)
+            if child is cluster.redis or child is cluster.gateway:
+                # Without Redis or the gateway there is no cluster left to serve.
+                print(f"cuvis-cluster up: {child.name} exited; stopping", file=sys.stderr, flush=True)
+                return 1
+            # A lost worker is what the gateway is built to handle: its sessions answer
+            # NOT_FOUND naming it, everything else keeps working.
+            print("cuvis-cluster: the other workers keep serving", file=sys.stderr, flush=True)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"up": _up, "demo": demo.run}
@@ -99,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--workdir", type=Path, help="keep logs and outputs here (default: a temporary dir)")
     up.add_argument("--grace-seconds", type=float, default=10.0, help="shutdown grace period [10]")
+    up.add_argument(
+        "--redis-server",
+        help="the redis-server executable (a path or a name on PATH) [redis-server from PATH]",
+    )
     demo.add_parser(sub)
     return parser
 

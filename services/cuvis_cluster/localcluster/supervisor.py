@@ -6,9 +6,23 @@ Python API (tests, examples)::
         channel = grpc.insecure_channel(cluster.address)
         ...
 
-Every child runs in its own process group and logs to ``<workdir>/<name>.log``; :meth:`stop` sends
+Every child runs in its own process group (so a Ctrl-C in the terminal reaches the supervisor alone,
+which then stops the children in order) and logs to ``<workdir>/<name>.log``; :meth:`stop` sends
 SIGTERM to each group (gateway first, then workers, then Redis) and SIGKILLs whatever outlives the
 grace period. Redis runs without persistence (``--save '' --appendonly no``) in a temporary directory.
+
+Children cannot outlive the supervisor, even when it is SIGKILLed: on Linux each child gets
+``PR_SET_PDEATHSIG(SIGKILL)`` (the kernel kills it when the thread that started it exits, so start the
+cluster from a thread that lives as long as the cluster: the main thread in ``cuvis-cluster``), and a
+watchdog process (:class:`~cuvis_cluster.common.children.GroupWatchdog`) SIGKILLs every child's
+process group, grandchildren included, when the supervisor dies without stopping them. Where there is
+no ``prctl`` (macOS) the watchdog alone does it.
+
+Signals: :meth:`LocalCluster.handle_signals` (used by ``cuvis-cluster up`` and ``demo``) turns the
+first SIGINT/SIGTERM in any phase (starting Redis, starting workers and the gateway, the readiness
+wait, serving) into :class:`Interrupted`, which names the phase; ``start`` stops what it had started
+before re-raising it. A signal while stopping (a second Ctrl-C, say) SIGKILLs every remaining child
+at once instead of waiting out the grace period.
 """
 
 from __future__ import annotations
@@ -23,9 +37,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+
+from cuvis_cluster.common.children import GroupWatchdog, popen_kwargs, signal_group
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +53,37 @@ class ClusterError(RuntimeError):
     """The local cluster could not be started."""
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the cluster was ``phase`` (a BaseException, like Ctrl-C)."""
+
+    def __init__(self, signum: int, phase: str) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.phase = phase
+        super().__init__(f"interrupted by {self.signal_name} while {phase}")
+
+
+# What the cluster is doing, as named in messages ("interrupted by SIGTERM while <phase>").
+PHASE_IDLE = "not started"
+PHASE_REDIS = "starting redis-server"
+PHASE_WORKERS = "starting the workers"
+PHASE_GATEWAY = "starting the gateway"
+PHASE_READY = "waiting for the gateway to become ready"
+PHASE_SERVING = "serving"
+PHASE_STOPPING = "stopping"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def find_redis_server() -> str:
-    binary = shutil.which("redis-server")
+def find_redis_server(command: str | None = None) -> str:
+    """``command`` (a path or a name on PATH) or ``redis-server`` from PATH."""
+    binary = shutil.which(command or "redis-server")
+    if binary is None and command:
+        raise ClusterError(f"--redis-server {command!r} is not an executable file")
     if binary is None:
         raise ClusterError(f"redis-server is not on PATH; install it with: {REDIS_INSTALL_HINT}")
     return binary
@@ -81,16 +121,16 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 cwd=str(cwd),
                 env=env,
-                start_new_session=True,
+                **popen_kwargs(),  # own process group; SIGKILLed by the kernel if we die (Linux)
             )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+        """Send ``sig`` to the child's process group (leftover group members too, once it exited)."""
+        if self.proc is not None:
+            signal_group(self.proc, sig)
 
     def wait(self, timeout: float) -> bool:
         if self.proc is None:
@@ -115,6 +155,8 @@ class LocalCluster:
     ``listen`` is the gateway's HOST:PORT (port 0 picks a free one). ``worker_command`` replaces
     ``cuvis-worker`` (it must accept ``--listen``, ``--redis-url`` and ``--metrics-port``);
     ``worker_args`` / ``gateway_args`` are extra flags for every worker / the gateway.
+    ``redis_server`` replaces ``redis-server`` from PATH. ``progress`` is called with each phase
+    (:data:`PHASE_REDIS`, ...) as the cluster enters it.
     """
 
     workers: int = 2
@@ -127,10 +169,19 @@ class LocalCluster:
     grace_seconds: float = 10.0
     env: dict[str, str] | None = None
     metrics: bool = True
+    redis_server: str | None = None
+    progress: Callable[[str], None] | None = None
+    phase: str = field(default=PHASE_IDLE, init=False)
     redis: Child | None = field(default=None, init=False)
     worker_procs: list[Child] = field(default_factory=list, init=False)
     gateway: Child | None = field(default=None, init=False)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
+    _watchdog: GroupWatchdog | None = field(default=None, init=False, repr=False)
+    _signal: int | None = field(default=None, init=False, repr=False)  # first SIGINT/SIGTERM seen
+    _shield: int = field(default=0, init=False, repr=False)  # >0: defer Interrupted (spawning)
+    _hurry: bool = field(default=False, init=False, repr=False)  # kill now, skip the grace
+    killed: list[str] = field(default_factory=list, init=False)  # children SIGKILLed by stop()
+    stopped: int | None = field(default=None, init=False)  # children stopped by stop(), once it ran
 
     # -- properties --------------------------------------------------------------------------------
     @property
@@ -167,8 +218,72 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def children(self) -> list[Child]:
+        """Every child started so far, in stopping order: gateway, workers, Redis."""
+        found = [self.gateway, *self.worker_procs, self.redis]
+        return [c for c in found if c is not None and c.proc is not None]
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        if self.progress is not None:
+            self.progress(phase)
+
+    # -- signals -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def handle_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM handling for the ``with`` body; call from the main thread.
+
+        The first signal raises :class:`Interrupted` naming the current phase (deferred while a child
+        is being spawned, so that every started child is recorded and will be stopped). Any later
+        signal, or any signal once :meth:`stop` runs, SIGKILLs every child group at once.
+        Previous handlers are restored on exit.
+        """
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._signal is not None or self.phase == PHASE_STOPPING:
+            # Already on the way out: a second signal means "now".
+            self._signal = self._signal or signum
+            self.kill_now()
+            return
+        self._signal = signum
+        if self._shield == 0:
+            raise Interrupted(signum, self.phase)
+
+    @contextlib.contextmanager
+    def _shielded(self) -> Iterator[None]:
+        """Defer an Interrupted until the body (start a child and record it) is done."""
+        self._shield += 1
+        try:
+            yield
+        finally:
+            self._shield -= 1
+        if self._shield == 0 and self._signal is not None and self.phase != PHASE_STOPPING:
+            raise Interrupted(self._signal, self.phase)
+
+    def kill_now(self) -> None:
+        """SIGKILL every child's process group without waiting (safe in a signal handler)."""
+        self._hurry = True
+        for child in self.children:
+            if child.alive() and child.name not in self.killed:
+                self.killed.append(child.name)
+            child.signal(signal.SIGKILL)
+
+    @property
+    def signal_received(self) -> int | None:
+        """The first SIGINT/SIGTERM seen under :meth:`handle_signals`, if any."""
+        return self._signal
+
+    # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalCluster:
-        redis_binary = find_redis_server()
+        redis_binary = find_redis_server(self.redis_server)
+        self.stopped = None
         if self.workers < 1:
             raise ClusterError("--workers must be at least 1")
         if self.workdir is None:
@@ -179,11 +294,18 @@ class LocalCluster:
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.env or {})
         try:
+            with self._shielded():
+                self._watchdog = GroupWatchdog.start()
+            self._enter(PHASE_REDIS)
             self._start_redis(redis_binary, env)
+            self._enter(PHASE_WORKERS)
             for i in range(self.workers):
                 self._start_worker(i, env)
+            self._enter(PHASE_GATEWAY)
             self._start_gateway(env)
+            self._enter(PHASE_READY)
             self._wait_ready()
+            self._enter(PHASE_SERVING)
         except BaseException:
             self.stop()
             raise
@@ -195,8 +317,9 @@ class LocalCluster:
         data.mkdir(exist_ok=True)
         argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(data), "--protected-mode", "yes"]
-        self.redis = Child("redis", argv, self.home / "redis.log", address=f"127.0.0.1:{port}")
-        self.redis.start(data, env)
+        with self._shielded():
+            self.redis = Child("redis", argv, self.home / "redis.log", address=f"127.0.0.1:{port}")
+            self._spawn(self.redis, data, env)
         deadline = time.monotonic() + 20
         while not self._redis_ping():
             if not self.redis.alive():
@@ -233,8 +356,9 @@ class LocalCluster:
             argv += ["--output-dir", str(outputs), "--grace-seconds", str(self.grace_seconds)]
         argv += list(self.worker_args)
         child = Child(name, argv, self.home / f"{name}.log", f"127.0.0.1:{port}", metrics_port)
-        child.start(home, env)
-        self.worker_procs.append(child)
+        with self._shielded():
+            self.worker_procs.append(child)
+            self._spawn(child, home, env)
 
     def _start_gateway(self, env: dict[str, str]) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -254,8 +378,20 @@ class LocalCluster:
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]
         argv += list(self.gateway_args)
-        self.gateway = Child("gateway", argv, self.home / "gateway.log", f"{host}:{port_n}", metrics_port)
-        self.gateway.start(self.home, env)
+        with self._shielded():
+            self.gateway = Child("gateway", argv, self.home / "gateway.log", f"{host}:{port_n}", metrics_port)
+            self._spawn(self.gateway, self.home, env)
+
+    def _spawn(self, child: Child, cwd: Path, env: dict[str, str]) -> None:
+        child.start(cwd, env)
+        if child.proc is not None:
+            self.watch(child.proc)
+
+    def watch(self, proc: subprocess.Popen) -> None:
+        """Have the watchdog SIGKILL ``proc``'s process group should this process die (started with
+        :func:`~cuvis_cluster.common.children.popen_kwargs`); the caller still stops it normally."""
+        if self._watchdog is not None:
+            self._watchdog.watch(proc.pid)
 
     def _wait_ready(self) -> None:
         """Until the gateway is SERVING and every worker is registered (ListWorkers)."""
@@ -290,20 +426,46 @@ class LocalCluster:
         finally:
             channel.close()
 
-    def stop(self) -> None:
-        """SIGTERM everything (gateway, workers, Redis) and wait; SIGKILL what does not exit."""
+    def stop(self) -> int:
+        """SIGTERM everything (gateway, workers, Redis) and wait; SIGKILL what does not exit.
+
+        Each stage (the gateway; all workers together; Redis) gets ``grace_seconds`` + 5 s, then its
+        process groups are SIGKILLed. A signal during the stop (under :meth:`handle_signals`) SIGKILLs
+        everything at once. Returns how many children were stopped; the names of the ones that had
+        to be SIGKILLed are in :attr:`killed`. Safe to call more than once.
+        """
+        if self.stopped is not None:
+            return self.stopped
+        self.phase = PHASE_STOPPING
+        stopped = 0
+        if self._hurry:
+            self.kill_now()
         groups: list[list[Child | None]] = [[self.gateway], list(self.worker_procs), [self.redis]]
         for group in groups:
-            children = [c for c in group if c is not None]
+            children = [c for c in group if c is not None and c.proc is not None]
             for child in children:
                 child.signal(signal.SIGTERM)
             deadline = time.monotonic() + self.grace_seconds + 5
             for child in children:
-                if not child.wait(max(deadline - time.monotonic(), 0.1)):
+                # Short waits, so that a kill_now() from a signal handler is noticed at once.
+                while not child.wait(0.2) and time.monotonic() < deadline and not self._hurry:
+                    pass
+                if child.alive() and not self._hurry:
                     log.warning("%s did not stop in time; killing it", child.name)
-                    child.signal(signal.SIGKILL)
-                    child.wait(10)
+                if child.alive() and child.name not in self.killed:
+                    self.killed.append(child.name)
+                # Leftover members of the group (grandchildren) go with the leader.
+                child.signal(signal.SIGKILL)
+                child.wait(10)
+                if self._watchdog is not None and child.proc is not None:
+                    self._watchdog.forget(child.proc.pid)
+                stopped += 1
+        self.stopped = stopped
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
             self.workdir = None
+        return stopped
