@@ -362,20 +362,54 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
 # signals
 
 
+class StartupInterrupted(BaseException):
+    """A SIGTERM/SIGINT that arrived while the server was still starting.
+
+    :class:`ShutdownSignal` raises it in the main thread (where Python runs signal handlers), so a
+    blocking start-up step (an import, a Redis round trip with retries, a bind) is abandoned at once
+    instead of running to its end. It derives from ``BaseException`` like ``KeyboardInterrupt``, so
+    ``except Exception`` in library code does not swallow it. ``exit_code`` is the shell convention
+    128 + signal number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"{self.signal_name} during start-up")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 class ShutdownSignal:
-    """SIGTERM/SIGINT latch: the first signal starts a graceful shutdown, a second one hurries it."""
+    """SIGTERM/SIGINT latch: the first signal starts a graceful shutdown, a second one hurries it.
+
+    Installed with ``starting=True`` (first thing in a ``main()``), the first signal raises
+    :class:`StartupInterrupted` in the main thread until :meth:`started` is called: a server that is not
+    serving yet has nothing to drain, so it abandons its start-up and cleans up what it had opened.
+    From :meth:`started` on, signals only set the latch (graceful drain).
+    """
 
     def __init__(self) -> None:
         self.requested = threading.Event()
         self.hurry = threading.Event()
         self.signal_name: str | None = None
+        self.starting = False
 
     @classmethod
-    def install(cls, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> ShutdownSignal:
+    def install(
+        cls, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *, starting: bool = False
+    ) -> ShutdownSignal:
         latch = cls()
+        latch.starting = starting
         for sig in signals:
             signal.signal(sig, latch._handle)
         return latch
+
+    def started(self) -> None:
+        """The server is serving: from now on a signal drains it gracefully instead of interrupting."""
+        self.starting = False
 
     def _handle(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -384,8 +418,10 @@ class ShutdownSignal:
             self.hurry.set()
             return
         self.signal_name = name
-        log.info("%s received: shutting down gracefully", name)
         self.requested.set()
+        if self.starting:
+            raise StartupInterrupted(signum)
+        log.info("%s received: shutting down gracefully", name)
 
     def trigger(self, reason: str = "requested") -> None:
         """Start the shutdown from code (e.g. a Drain RPC or a fatal background error)."""

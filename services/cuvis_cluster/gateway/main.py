@@ -5,8 +5,11 @@ each call is forwarded, without decoding its body, to the worker that holds its 
 (:mod:`cuvis_cluster.gateway.proxy`, :mod:`cuvis_cluster.gateway.router`). The session map lives in
 Redis (:mod:`cuvis_cluster.routing.redis_schema`), so replicas share nothing but Redis.
 
-Shutdown on SIGTERM/SIGINT: health NOT_SERVING, the listening socket closes, clients get GOAWAY, running
-calls and Train streams get ``--grace-seconds``; a second signal stops at once.
+A SIGTERM/SIGINT during start-up (waiting for Redis, binding) cancels it: what was opened is closed
+and the process exits with 128 + the signal number and a one-line reason on stderr.
+
+Shutdown on SIGTERM/SIGINT once serving: health NOT_SERVING, the listening socket closes, clients get
+GOAWAY, running calls and Train streams get ``--grace-seconds``; a second signal stops at once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import grpc
 
 from cuvis_cluster import __version__
-from cuvis_cluster.common.serving import configure_logging
+from cuvis_cluster.common.serving import ShutdownSignal, StartupInterrupted, configure_logging
 from cuvis_cluster.common.settings import GatewaySettings
 from cuvis_cluster.common.telemetry import GatewayMetrics, serve_metrics
 from cuvis_cluster.gateway.frontend import FrontEnd
@@ -194,6 +197,25 @@ class Gateway:
         serving = not self.stopping and reg.redis_up and bool(reg.workers)
         self.local.set_serving(serving, cluster_status=reg.redis_up and not self.stopping)
 
+    async def abandon_start(self) -> None:
+        """Close whatever a cancelled :meth:`start` had opened (nothing was served yet)."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if self._tls_socket is not None:
+            self._tls_socket.close()
+        upstreams: Upstreams | None = getattr(self, "upstreams", None)
+        if upstreams is not None:
+            upstreams.close()
+        registry: Registry | None = getattr(self, "registry", None)
+        if registry is not None:
+            await registry.stop()
+        local: LocalServices | None = getattr(self, "local", None)
+        if local is not None:
+            local.shutdown()
+
     async def stop(self, grace: float | None = None, *, hurry: asyncio.Event | None = None) -> None:
         grace = self.settings.grace_seconds if grace is None else grace
         self.stopping = True
@@ -250,9 +272,15 @@ def _install_event_loop(event_loop: str) -> None:
 
 
 async def serve(settings: GatewaySettings) -> int:
+    """Start the gateway, serve until SIGTERM/SIGINT, drain and stop; the exit code.
+
+    A signal before the gateway is ready (waiting for Redis, binding) cancels the start-up, closes
+    what it had opened and returns 128 + the signal number after a one-line reason on stderr.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     hurry = asyncio.Event()
+    received: list[int] = []
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -260,23 +288,48 @@ async def serve(settings: GatewaySettings) -> int:
             hurry.set()
         else:
             log.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+            received.append(signum)
             stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     gateway = Gateway(settings)
-    await gateway.start()
+    starting = asyncio.ensure_future(gateway.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception, SystemExit):
+            await starting
+        await gateway.abandon_start()
+        return _interrupted(received[0])
+    stopping.cancel()
+    await starting  # raises SystemExit when the start-up failed (bad flags, port in use)
     print(f"cuvis-gateway ready on {gateway.address} pid {os.getpid()}", flush=True)
     await stop.wait()
     await gateway.stop(hurry=hurry)
     return 0
 
 
+def _interrupted(signum: int) -> int:
+    """The one-line reason on stderr; the exit status is 128 + the signal number."""
+    name = signal.Signals(signum).name
+    print(f"cuvis-gateway: {name} during start-up; stopped before serving", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> None:
-    settings = GatewaySettings.from_args(argv, prog="cuvis-gateway", description=DESCRIPTION)
-    configure_logging(settings.log_level)
-    _install_event_loop(settings.event_loop)
-    sys.exit(asyncio.run(serve(settings)))
+    # First thing: a signal before the event loop has its own handlers (parsing the flags, setting up
+    # logging and the loop) ends the start-up here; serve() takes over from then on.
+    ShutdownSignal.install(starting=True)
+    try:
+        settings = GatewaySettings.from_args(argv, prog="cuvis-gateway", description=DESCRIPTION)
+        configure_logging(settings.log_level)
+        _install_event_loop(settings.event_loop)
+        code = asyncio.run(serve(settings))
+    except StartupInterrupted as exc:
+        code = _interrupted(exc.signum)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ Serves ``cuvis_ai.v1.CuvisAIService`` (plus ``grpc.health.v1``, reflection v1/v1
 ``/metrics``) over the engine. Without ``--redis-url`` it is a complete standalone server; with it, it
 also registers itself for routing by the gateways (:mod:`cuvis_cluster.worker.membership`).
 
-Shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, no new sessions are accepted (draining), running
-calls and Train streams get ``--grace-seconds`` to finish, the worker deregisters, and every session is
-closed. A second signal stops at once.
+A SIGTERM/SIGINT during start-up (importing torch, building the engine, binding, registering in
+Redis) abandons it at once: what was opened is closed, a registration that may have reached Redis is
+removed, and the process exits with 128 + the signal number and a one-line reason on stderr.
+
+Shutdown on SIGTERM/SIGINT once serving: health goes NOT_SERVING, no new sessions are accepted
+(draining), running calls and Train streams get ``--grace-seconds`` to finish, the worker deregisters,
+and every session is closed. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import cuvis_cluster
-from cuvis_cluster.common.serving import GrpcServer, ShutdownSignal, configure_logging
+from cuvis_cluster.common.serving import GrpcServer, ShutdownSignal, StartupInterrupted, configure_logging
 from cuvis_cluster.common.settings import WorkerSettings
 from cuvis_cluster.common.telemetry import WorkerMetrics, serve_metrics
 from cuvis_cluster.wire.pb import SERVICE_NAME
@@ -146,81 +150,129 @@ def _follow_draining(server: GrpcServer, sessions: Any, shutdown: ShutdownSignal
             log.info("health %s (draining=%s)", "SERVING" if serving else "NOT_SERVING", not serving)
 
 
+def _abandon_start(engine: Any, server: GrpcServer | None, membership: ClusterMembership | None) -> None:
+    """Close what an interrupted start-up had opened; deregister when registration had begun.
+
+    Each step is bounded: the server stops without grace (nothing was served), the deregistration is
+    one attempt on a fresh Redis connection with short timeouts, and the engine has no sessions yet.
+    """
+    if server is not None:
+        server.shutdown(0)
+    if membership is not None:
+        membership.abandon()
+    if engine is not None:
+        engine.shutdown()
+
+
 # --------------------------------------------------------------------------------------------------
 # main
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = WorkerSettings.from_args(argv, prog="cuvis-worker", description=DESCRIPTION)
-    configure_logging(settings.log_level)
-    sys.exit(run(settings))
+    # First thing: from here on a SIGTERM/SIGINT during start-up (parsing, importing torch, building
+    # the engine, binding, registering in Redis) abandons the start-up promptly instead of being
+    # noticed only once the server runs.
+    shutdown = ShutdownSignal.install(starting=True)
+    try:
+        settings = WorkerSettings.from_args(argv, prog="cuvis-worker", description=DESCRIPTION)
+        configure_logging(settings.log_level)
+        code = run(settings, shutdown=shutdown)
+    except StartupInterrupted as exc:  # before run() had anything to clean up
+        code = _interrupted(exc)
+    sys.exit(code)
+
+
+def _interrupted(exc: StartupInterrupted) -> int:
+    """The one-line reason on stderr; the exit status is 128 + the signal number."""
+    print(
+        f"cuvis-worker: {exc.signal_name} during start-up; stopped before serving",
+        file=sys.stderr,
+        flush=True,
+    )
+    return exc.exit_code
 
 
 def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> int:
-    from cuvis_cluster.engine.facade import Engine
-    from cuvis_cluster.worker import servicer as servicer_module
+    """Start the worker, serve until a signal (or a Drain RPC's shutdown), drain and stop; the exit code.
 
-    shutdown = shutdown or ShutdownSignal.install()
+    A signal before the server is ready (``shutdown`` installed with ``starting=True``) abandons the
+    start-up: whatever was opened is closed, a registration that may already be in Redis is removed,
+    and the result is 128 + the signal number.
+    """
+    shutdown = shutdown or ShutdownSignal.install(starting=True)
     instance_id = uuid.uuid4().hex
-    try:
-        config = engine_config(settings)
-        engine = Engine(config)
-    except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
-        log.error("cuvis-worker cannot start: %s", exc)
-        return 2
-    engine.start()
-    log.info(
-        "engine ready on %s: configs %s, data %s, outputs %s, max %d sessions, idle timeout %.0fs",
-        engine.device,
-        config.configs_dir,
-        config.data_dir,
-        config.output_dir,
-        config.max_sessions,
-        config.idle_timeout_seconds,
-    )
-
-    metrics = WorkerMetrics()
-    bind_metrics(metrics, engine, settings)
-
-    membership = None
-    interceptors: list[Any] = []
-    if settings.redis_url:
-        interceptors.append(fencing_interceptor(instance_id))
-
+    engine: Any = None
     server: GrpcServer | None = None
+    membership: ClusterMembership | None = None
+    registering = False
     try:
-        server = GrpcServer(
-            settings,
-            metrics=metrics,
-            interceptors=interceptors,
-            max_workers=settings.max_workers,
-            component="worker",
+        log.info("cuvis-worker starting (pid %d): loading the engine", os.getpid())
+        from cuvis_cluster.engine.facade import Engine
+        from cuvis_cluster.worker import servicer as servicer_module
+
+        try:
+            config = engine_config(settings)
+            engine = Engine(config)
+        except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
+            log.error("cuvis-worker cannot start: %s", exc)
+            return 2
+        engine.start()
+        log.info(
+            "engine ready on %s: configs %s, data %s, outputs %s, max %d sessions, idle timeout %.0fs",
+            engine.device,
+            config.configs_dir,
+            config.data_dir,
+            config.output_dir,
+            config.max_sessions,
+            config.idle_timeout_seconds,
         )
-        servicer = servicer_module.CuvisAIServicer(engine, metrics)
-        server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
+
+        metrics = WorkerMetrics()
+        bind_metrics(metrics, engine, settings)
+
+        interceptors: list[Any] = []
         if settings.redis_url:
-            membership = ClusterMembership(
+            interceptors.append(fencing_interceptor(instance_id))
+
+        try:
+            server = GrpcServer(
                 settings,
-                engine.sessions,
-                metrics,
-                lambda: device_info(engine.device),
-                instance_id=instance_id,
+                metrics=metrics,
+                interceptors=interceptors,
+                max_workers=settings.max_workers,
+                component="worker",
             )
-            control = WorkerControlServicer(membership, shutdown=shutdown)
-            server.add_service(control.SERVICE_NAME, control.add_to_server)
-        server.start()
-        serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
-    except (OSError, ValueError) as exc:  # port in use, bad TLS files, bad Redis URL ...
-        log.error("cuvis-worker cannot start: %s", exc)
-        if server is not None:
-            server.shutdown(0)
-        engine.shutdown()
-        return 2
-    if membership is not None:
-        membership.start()
-    threading.Thread(
-        target=_follow_draining, args=(server, engine.sessions, shutdown), name="drain-health", daemon=True
-    ).start()
+            servicer = servicer_module.CuvisAIServicer(engine, metrics)
+            server.add_service(SERVICE_NAME, lambda s: servicer_module.add_to_server(servicer, s))
+            if settings.redis_url:
+                membership = ClusterMembership(
+                    settings,
+                    engine.sessions,
+                    metrics,
+                    lambda: device_info(engine.device),
+                    instance_id=instance_id,
+                )
+                control = WorkerControlServicer(membership, shutdown=shutdown)
+                server.add_service(control.SERVICE_NAME, control.add_to_server)
+            server.start()
+            serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+        except (OSError, ValueError) as exc:  # port in use, bad TLS files, bad Redis URL ...
+            log.error("cuvis-worker cannot start: %s", exc)
+            _abandon_start(engine, server, None)
+            return 2
+        if membership is not None:
+            registering = True  # from here on a record of this instance may be in Redis
+            membership.start()
+        threading.Thread(
+            target=_follow_draining,
+            args=(server, engine.sessions, shutdown),
+            name="drain-health",
+            daemon=True,
+        ).start()
+        shutdown.started()
+    except StartupInterrupted as exc:
+        _abandon_start(engine, server, membership if registering else None)
+        return _interrupted(exc)
     # One line that scripts and tests can wait for.
     print(f"cuvis-worker ready on {server.address} pid {os.getpid()}", flush=True)
 

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import cuvis_cluster
 from cuvis_cluster.common.settings import WorkerSettings
@@ -127,6 +129,7 @@ class ClusterMembership:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Register now (best effort) and keep the heartbeat running in a daemon thread."""
+        log.info("registering worker instance %s at %s in Redis", self.instance_id, self.address)
         self.heartbeat()
         self._thread = threading.Thread(target=self._loop, name="cluster-heartbeat", daemon=True)
         self._thread.start()
@@ -141,6 +144,36 @@ class ClusterMembership:
         reason = f"{describe(self.address, self.instance_id)} shut down"
         self._call("deregister", self._purge, self._purge_args(reason))
         log.info("deregistered worker instance %s", self.instance_id)
+
+    def abandon(self, timeout: float = 2.0) -> bool:
+        """Deregister after an interrupted start-up; True when Redis confirmed it.
+
+        The start-up may have been cut off in the middle of a Redis round trip, so the pooled connection
+        can hold an unread reply. This uses a fresh client instead, with ``timeout`` for connecting and
+        for the reply and no retries, so it is bounded even when Redis does not answer.
+        """
+        self._stop.set()
+        self._wake.set()
+        if self.settings.redis_url:
+            client = redis.Redis.from_url(
+                self.settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        else:  # an injected client (tests): use it as it is
+            client = self.redis
+        reason = f"{describe(self.address, self.instance_id)} shut down during start-up"
+        try:
+            client.register_script(rs.PURGE_INSTANCE)(keys=[], args=self._purge_args(reason))
+        except redis.RedisError as exc:
+            log.warning("could not deregister worker instance %s: %s", self.instance_id, exc)
+            return False
+        finally:
+            if client is not self.redis:
+                client.close()
+        log.info("deregistered worker instance %s", self.instance_id)
+        return True
 
     def drain(self, grace_seconds: float) -> None:
         """Accept no new sessions from now on; gateways see the flag on their next registry poll."""
