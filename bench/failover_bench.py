@@ -17,7 +17,8 @@ opens a Train stream on a session of worker 0, SIGKILLs that worker and measures
   gateway has probed the address, declared the instance lost and purged its routes).
 
 Reported per measure: median, min, max and standard deviation over the repetitions. Every wait is
-bounded by ``--deadline``, and each cluster is stopped (SIGTERM, then SIGKILL) whatever happens.
+bounded by ``--deadline``, and each cluster is stopped (SIGTERM, then SIGKILL) whatever happens, Ctrl-C
+and SIGTERM to the bench included.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-ttl", type=float, default=4.0, help="workers' heartbeat TTL, s [4]")
     parser.add_argument("--deadline", type=float, default=60.0, help="bound on every wait, s [60]")
     args = parser.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the running repetition's ``with cluster:`` stops the cluster.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     results: list[dict[str, float]] = []
     for i in range(args.repeat):
         result = one_repetition(args)

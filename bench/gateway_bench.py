@@ -16,6 +16,9 @@ Measured per path, interleaved round by round so that machine noise hits every p
   end to end until the reply arrives; median and best of the rounds.
 
 The worker and every proxy are separate processes, as in production; the client is this process.
+They run in process groups of their own and die with the bench: stopped in ``finally`` (also on Ctrl-C
+or SIGTERM), killed by the kernel (``PR_SET_PDEATHSIG``) or a watchdog if the bench itself is killed
+(:mod:`cuvis_cluster.common.children`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cuvis_cluster.common.children import GroupWatchdog, popen_kwargs, stop_children
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "gateway" / "standin_worker.py"
@@ -132,17 +137,20 @@ http {{
 
 
 class Rig:
+    """The bench's server processes; each in its own process group, none outliving the bench."""
+
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
         self.procs: list[subprocess.Popen] = []
         self.addresses: dict[str, str] = {}
         self.pids: dict[str, int] = {}
+        # Kills the groups (nginx's workers included) should this process die without stop().
+        self.watchdog = GroupWatchdog.start()
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir
-        )
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, **popen_kwargs())
+        self.watchdog.watch(proc.pid)
         self.procs.append(proc)
         self.pids[name] = proc.pid
         return proc
@@ -230,18 +238,9 @@ class Rig:
             self.addresses["naive grpc.aio proxy"] = f"127.0.0.1:{port}"
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        """SIGTERM to every group (last started first), 10 s, then SIGKILL to whatever is left."""
+        stop_children(self.procs[::-1], grace=10, kill_after=5)
+        self.watchdog.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,6 +264,8 @@ def main() -> None:
     if args.role == "naive-proxy":
         naive_proxy(args.listen, args.upstream)
         return
+    # A SIGTERM now unwinds like Ctrl-C, so the finally below stops every process the bench started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     import grpc
 

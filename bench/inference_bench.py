@@ -1,6 +1,7 @@
 """Inference over gRPC vs the bare in-process forward, for RX on a 1x512x512x61 float32 cube.
 
 Not a test: prints figures. One run, one worker process on loopback, interleaved repetitions, medians.
+The worker is stopped on any exit (Ctrl-C and SIGTERM included) and dies with the bench if it is killed.
 
     .venv/bin/python bench/inference_bench.py [--reps 15] [--size 512] [--device cpu]
 
@@ -44,6 +45,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cuvis_cluster.client import connect
+from cuvis_cluster.common.children import popen_kwargs, stop_children
 from cuvis_cluster.engine.data.synthetic import generate_frame
 from cuvis_cluster.engine.nodes.base import NodeRegistry, Stage
 from cuvis_cluster.engine.pipeline import Pipeline
@@ -73,8 +75,18 @@ def start_worker(workdir: Path, device: str) -> tuple[subprocess.Popen, str, int
         "--device", device,
         "--log-level", "WARNING",
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, start_new_session=True)
+    # Own process group; killed by the kernel if this process dies first (PR_SET_PDEATHSIG).
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, **popen_kwargs())
     address = f"127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, address)
+    except BaseException:  # not healthy, or Ctrl-C / SIGTERM while waiting
+        stop_children([proc], grace=5)
+        raise
+    return proc, address, metrics_port
+
+
+def wait_healthy(proc: subprocess.Popen, address: str) -> None:
     deadline = time.monotonic() + 180
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -89,7 +101,6 @@ def start_worker(workdir: Path, device: str) -> tuple[subprocess.Popen, str, int
             if time.monotonic() > deadline:
                 raise SystemExit("cuvis-worker did not become healthy")
             time.sleep(0.2)
-    return proc, address, metrics_port
 
 
 def server_inference_seconds(metrics_port: int) -> tuple[float, float]:
@@ -111,13 +122,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = parser.parse_args()
 
+    # A SIGTERM now unwinds like Ctrl-C, so the worker is stopped below whatever happens.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="cuvis-bench-"))
     proc, address, metrics_port = start_worker(workdir, args.device)
     try:
         run(address, metrics_port, args)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        stop_children([proc], grace=60)
 
 
 def run(address: str, metrics_port: int, args: argparse.Namespace) -> None:

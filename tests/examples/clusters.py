@@ -4,6 +4,9 @@
 shares one cluster. It is a ``cuvis_cluster.localcluster.LocalCluster`` when that API is importable,
 otherwise the same processes started here through ``tests/helpers/procs.py``. :func:`start_cluster`
 always starts the processes itself, so a test can kill and restart the gateway.
+
+Every process is started through ``tests/helpers/procs.py`` (or ``LocalCluster``), in its own process
+group and with a death signal, so an interrupted or killed test run leaves none behind.
 """
 
 from __future__ import annotations
@@ -145,8 +148,10 @@ def _from_local_cluster(workdir: Path, workers: int) -> Cluster:
 def module_cluster(tmp_path_factory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     cluster = _from_local_cluster(workdir, 2) if local_cluster_api() else start_cluster(workdir, workers=2)
-    yield cluster
-    cluster.stop()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def run_example(name: str, cluster: Cluster, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -1,7 +1,11 @@
 """Start, probe and stop the project's real server processes in tests.
 
 Every process runs in its own process group (``start_new_session``) so that :func:`kill_process_group`
-takes down anything it spawned. Ports come from :func:`free_port`; all loops are bounded.
+takes down anything it spawned, and (on Linux) dies with the test process: it is started with
+``PR_SET_PDEATHSIG(SIGKILL)`` (:func:`cuvis_cluster.common.children.popen_kwargs`), so a pytest run that
+is SIGKILLed, or ends on SIGTERM without running its fixtures' ``finally``, leaves no server behind.
+Start servers from the main thread (pytest fixtures and tests run there): the death signal follows the
+thread that started the child. Ports come from :func:`free_port`; all loops are bounded.
 
 Typical use in a fixture::
 
@@ -31,6 +35,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cuvis_cluster.common.children import popen_kwargs
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -178,7 +184,10 @@ def start_server(
     timeout: float = START_TIMEOUT,
     credentials=None,
 ) -> ServerProcess:
-    """Start ``argv`` in a new process group, logging to ``log_dir/<name>.log``; wait until healthy."""
+    """Start ``argv`` in a new process group, logging to ``log_dir/<name>.log``; wait until healthy.
+
+    The process dies with the thread that called this (see the module docstring).
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log_file:
@@ -189,7 +198,7 @@ def start_server(
             stdin=subprocess.DEVNULL,
             env=clean_env(env),
             cwd=str(cwd or log_dir),
-            start_new_session=True,
+            **popen_kwargs(),
         )
     server = ServerProcess(name, proc, address, log_path, metrics_port, list(argv))
     if wait:

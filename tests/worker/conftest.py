@@ -16,8 +16,10 @@ from cuvis_cluster.wire.pb import pb, pb_grpc
 def worker(tmp_path_factory) -> Iterator[procs.ServerProcess]:
     """One worker per test module (CPU, default limits)."""
     server = procs.start_worker(tmp_path_factory.mktemp("worker"), "--device", "cpu")
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
