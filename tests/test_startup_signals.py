@@ -38,15 +38,15 @@ EXIT_BOUND = 30.0  # generous: the assertion is that it exits, not how fast
 # Redis stand-ins
 
 
-class SilentRedis:
-    """A TCP listener that accepts connections and never answers: a Redis that hangs."""
+class _Listener:
+    """A loopback TCP listener whose accept loop hands each connection to :meth:`_accepted`; closing it
+    ends the loop within a bounded time and closes every socket it kept."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.accepted = threading.Event()
         self._closed = threading.Event()
-        self._conns: list[socket.socket] = []
+        self._socks: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -63,18 +63,32 @@ class SilentRedis:
                 continue
             except OSError:
                 return
-            self._conns.append(conn)
-            self.accepted.set()
+            self._socks.append(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._closed.set()
         self._thread.join(timeout=5)
         self.sock.close()
-        for conn in self._conns:
-            conn.close()
+        for sock in self._socks:
+            sock.close()
 
 
-class HoldingProxy:
+class SilentRedis(_Listener):
+    """A TCP listener that accepts connections and never answers: a Redis that hangs."""
+
+    def __init__(self) -> None:
+        self.accepted = threading.Event()
+        super().__init__()
+
+    def _accepted(self, conn: socket.socket) -> None:
+        self.accepted.set()
+
+
+class HoldingProxy(_Listener):
     """A TCP proxy to a real Redis that withholds every reply after the first script call it sees.
 
     The worker's first heartbeat is an EVALSHA: Redis executes it (the record is written), but the
@@ -84,32 +98,15 @@ class HoldingProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.held = threading.Event()
         self._holding_one = threading.Event()
-        self._closed = threading.Event()
-        self._socks: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.1)  # so that close() ends this loop within a bounded time
-        while not self._closed.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            self._socks += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        client.settimeout(None)
+        upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        self._socks.append(upstream)
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         holding = False
@@ -129,13 +126,6 @@ class HoldingProxy:
                         self.held.set()  # the script ran in Redis; its reply goes nowhere
                     else:
                         client.sendall(data)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
-        for sock in self._socks:
-            sock.close()
 
 
 @pytest.fixture
