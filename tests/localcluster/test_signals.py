@@ -12,9 +12,9 @@ Phases and how each is reached:
 * before Redis is up: ``--redis-server`` is a wrapper script that creates a marker file, then sleeps
   before exec'ing redis-server (its ``sleep`` is a grandchild, so a SIGKILL of ``up`` also exercises
   the watchdog that kills whole process groups);
-* during the readiness wait: the issue's setup, ``--gateway-arg=--auth-token-file=<file>``: the gateway
-  then answers the supervisor's unauthenticated health/ListWorkers checks with UNAUTHENTICATED, so
-  the cluster never becomes ready; signalled once the gateway port accepts connections;
+* during the readiness wait: a worker command that never listens nor registers (a shell that sleeps),
+  so the gateway never has its worker and the cluster never becomes ready; signalled once the
+  gateway port accepts connections;
 * while serving: stand-in workers, signalled after "Press Ctrl-C to stop.";
 * during shutdown: workers that outlive SIGTERM (a shell that traps TERM and keeps looping, marking
   that it got the TERM) and a long grace; the first SIGTERM starts the stop, the second signal
@@ -36,8 +36,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from helpers import procs
+
+from cuvis_cluster.wire.pb import pb, pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -213,9 +216,8 @@ def test_signal_before_redis_is_up(tmp_path, sig):
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=IDS)
 def test_signal_during_readiness_wait(tmp_path, sig):
-    tokens = tmp_path / "tokens"
-    tokens.write_text("secret-token alice\n")
-    args = up_args(tmp_path, f"--gateway-arg=--auth-token-file={tokens}", "--grace-seconds", "3")
+    silent = script(tmp_path, "silent-worker", "#!/bin/sh\nexec sleep 600\n")
+    args = up_args(tmp_path, "--grace-seconds", "3", worker=["sh", str(silent)])
     with cluster_command(tmp_path, *args) as run:
         run.wait_output("waiting for the gateway to become ready")
         procs.wait_for(lambda: port_open(run.port), timeout=120, what="the gateway port")
@@ -262,3 +264,27 @@ def test_demo_stops_the_cluster_on_sigint(tmp_path):
         assert run.proc.returncode == 128 + signal.SIGINT
         assert re.search(r"cuvis-cluster demo: interrupted by SIGINT while \w", output), output[-3000:]
         assert "cluster stopped" in output
+
+
+def test_up_with_a_token_file_becomes_ready_and_serves_only_with_the_token(tmp_path):
+    """The issue's setup: a gateway that requires tokens. `up`'s readiness check cannot authenticate,
+    so it counts the workers' registrations in Redis instead; clients then need the token."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-token alice\n")
+    args = up_args(tmp_path, f"--gateway-arg=--auth-token-file={tokens}", "--grace-seconds", "3")
+    with cluster_command(tmp_path, *args) as run:
+        run.wait_output("Press Ctrl-C to stop.")
+        channel = grpc.insecure_channel(f"127.0.0.1:{run.port}")
+        try:
+            stub = pb_grpc.CuvisAIServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.CreateSession(pb.CreateSessionRequest(), timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            token = [("authorization", "Bearer secret-token")]
+            session = stub.CreateSession(pb.CreateSessionRequest(), metadata=token, timeout=30).session_id
+            assert session
+            stub.CloseSession(pb.CloseSessionRequest(session_id=session), metadata=token, timeout=30)
+        finally:
+            channel.close()
+        signal_and_check(run, signal.SIGTERM, tagged(run.tag))
+        assert run.proc.returncode == 128 + signal.SIGTERM

@@ -394,15 +394,33 @@ class LocalCluster:
             self._watchdog.watch(proc.pid)
 
     def _wait_ready(self) -> None:
-        """Until the gateway is SERVING and every worker is registered (ListWorkers)."""
+        """Until the gateway is SERVING and every worker is registered.
+
+        The gateway's own view (ListWorkers) is asked first. A gateway that requires credentials
+        (tokens or mTLS) refuses that call to this unauthenticated check; then the registrations in
+        Redis, which that gateway reads too, tell instead."""
         import grpc
+        import redis
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2, control_pb2_grpc
+        from cuvis_cluster.routing import redis_schema
+        from cuvis_cluster.wire.pb import control_pb2, control_pb2_grpc
 
         assert self.gateway is not None
         deadline = time.monotonic() + self.startup_timeout
         channel = grpc.insecure_channel(self.gateway.address)
+        store = redis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        refused = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+        def registered() -> int:
+            try:
+                listed = status.ListWorkers(control_pb2.ListWorkersRequest(), timeout=1.0).workers
+                return len(listed)
+            except grpc.RpcError as exc:
+                if exc.code() not in refused:
+                    raise
+            return len(redis_schema.registered_workers(store))
+
         try:
             health = health_pb2_grpc.HealthStub(channel)
             status = control_pb2_grpc.ClusterStatusServiceStub(channel)
@@ -412,10 +430,9 @@ class LocalCluster:
                         raise ClusterError(f"{child.name} exited during startup:\n{child.tail()}")
                 try:
                     ok = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-                    listed = status.ListWorkers(control_pb2.ListWorkersRequest(), timeout=1.0).workers
-                    if ok == health_pb2.HealthCheckResponse.SERVING and len(listed) >= self.workers:
+                    if ok == health_pb2.HealthCheckResponse.SERVING and registered() >= self.workers:
                         return
-                except grpc.RpcError:
+                except (grpc.RpcError, redis.RedisError):
                     pass
                 if time.monotonic() > deadline:
                     logs = "\n".join(
@@ -425,6 +442,7 @@ class LocalCluster:
                 time.sleep(0.25)
         finally:
             channel.close()
+            store.close()
 
     def stop(self) -> int:
         """SIGTERM everything (gateway, workers, Redis) and wait; SIGKILL what does not exit.

@@ -28,6 +28,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 PREFIX = "cuvis:"
+WORKERS = PREFIX + "workers"
+
+
+def worker_key(instance: str) -> str:
+    return f"{PREFIX}worker:{instance}"
+
+
+def registered_workers(client: Any) -> list[str]:
+    """Instances with a live registration (their record has not expired), for a sync redis client."""
+    instances = [text(i) for i in client.zrange(WORKERS, 0, -1)]
+    return [i for i in instances if client.exists(worker_key(i))]
 
 
 def route_key(session: str) -> str:
