@@ -57,8 +57,11 @@ def _workflow(cluster: LocalCluster, args: argparse.Namespace, out: Path) -> int
     print(f"cuvis-cluster demo: gateway on {cluster.address}; running {EXAMPLE.name}", flush=True)
     command = [sys.executable, str(EXAMPLE), "--address", cluster.address, "--out", str(out)]
     command += ["--size", str(args.size)]
-    client = subprocess.Popen(command, **popen_kwargs())
-    cluster.watch(client)
+    # Shielded: a signal between the fork and the try below would leave the client unknown to both
+    # stops; it is deferred until the client is started and watched.
+    with cluster._shielded():
+        client = subprocess.Popen(command, **popen_kwargs())
+        cluster.watch(client)
     try:
         return client.wait()
     finally:

@@ -35,9 +35,7 @@ def run_cluster(cluster: LocalCluster, prog: str, body: Callable[[], int]) -> in
     A signal while starting, waiting for readiness or inside ``body`` stops every child (gateway,
     workers with their grace, Redis) and returns 128 + the signal number, after one line on stderr:
     ``<prog>: interrupted by SIGTERM while <phase>; stopped N children``. A second signal (or one
-    during the stop) SIGKILLs the remaining children at once. The one exception is a signal while
-    serving (``up``'s Ctrl-C) after which every child stopped within its grace: the line is printed
-    and the status is 0.
+    during the stop) SIGKILLs the remaining children at once.
     """
     status = 1
     interrupted: Interrupted | None = None
@@ -62,14 +60,17 @@ def run_cluster(cluster: LocalCluster, prog: str, body: Callable[[], int]) -> in
     if interrupted is not None:
         line = f"{prog}: {interrupted}; stopped {stopped} children"
         if cluster.killed:
-            line += f"; SIGKILLed {', '.join(cluster.killed)}"
+            line += f"; SIGKILLed {', '.join(dict.fromkeys(cluster.killed))}"
         print(line, file=sys.stderr, flush=True)
         # 128 + N in every phase, the shell's convention for "ended by signal N": a script can tell a
         # stop it asked for from a cluster that failed (1) or one that ran to its end (0).
         status = 128 + interrupted.signum
     elif cluster.signal_received is not None:  # a signal while stopping for another reason
         name = signal.Signals(cluster.signal_received).name
-        print(f"{prog}: {name} while stopping; stopped {stopped} children, SIGKILLed", file=sys.stderr)
+        line = f"{prog}: {name} while stopping; stopped {stopped} children"
+        if cluster.killed:
+            line += f"; SIGKILLed {', '.join(dict.fromkeys(cluster.killed))}"
+        print(line, file=sys.stderr, flush=True)
         status = status or 128 + cluster.signal_received
     print("cuvis-cluster: stopped", flush=True)
     return status

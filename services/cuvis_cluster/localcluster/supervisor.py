@@ -46,6 +46,9 @@ from cuvis_cluster.common.children import GroupWatchdog, popen_kwargs, signal_gr
 
 log = logging.getLogger(__name__)
 
+# How long registrations must have been in Redis before a gateway that refuses ListWorkers to the
+# readiness check is taken to have seen them: four of its registry polls.
+REGISTRY_POLLS_WAIT = 2.0
 REDIS_INSTALL_HINT = "apt-get install --no-install-recommends redis-server"
 
 
@@ -412,14 +415,25 @@ class LocalCluster:
         store = redis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         refused = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
+        in_redis_since: float | None = None
+
         def registered() -> int:
+            nonlocal in_redis_since
             try:
                 listed = status.ListWorkers(control_pb2.ListWorkersRequest(), timeout=1.0).workers
                 return len(listed)
             except grpc.RpcError as exc:
                 if exc.code() not in refused:
                     raise
-            return len(redis_schema.registered_workers(store))
+            count = len(redis_schema.registered_workers(store))
+            if count < self.workers:
+                in_redis_since = None
+                return count
+            # The gateway learns of registrations by polling Redis (every 0.5 s by default): count them
+            # only once they have been there for a few of its polls, so the first call finds them.
+            now = time.monotonic()
+            in_redis_since = in_redis_since or now
+            return count if now - in_redis_since >= REGISTRY_POLLS_WAIT else 0
 
         try:
             health = health_pb2_grpc.HealthStub(channel)
