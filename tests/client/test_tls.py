@@ -50,16 +50,20 @@ def mtls_server(pki):
     server.stop()
 
 
+def mtls_options(pki):
+    """The same mTLS, server-name override and token for the sync and the async client."""
+    return {
+        "root_certificates": pki / "ca.crt",
+        "client_certificate": pki / "client.crt",
+        "client_key": pki / "client.key",
+        "server_name": "gateway.test",
+        "token": "t0ken",
+        "timeout": 10,
+    }
+
+
 def test_mtls_with_server_name_override_and_token(pki, mtls_server):
-    with connect(
-        mtls_server.address,
-        root_certificates=pki / "ca.crt",
-        client_certificate=pki / "client.crt",
-        client_key=pki / "client.key",
-        server_name="gateway.test",
-        token="t0ken",
-        timeout=10,
-    ) as client:
+    with connect(mtls_server.address, **mtls_options(pki)) as client:
         assert client.config.tls
         assert len(client.list_pipelines()) == 2
         with client.create_session() as session:
@@ -71,15 +75,7 @@ def test_async_client_uses_the_same_mtls_and_token(pki, mtls_server):
     """aio.connect builds its channel from the same configuration: mTLS, server name and token."""
 
     async def scenario():
-        async with aio.connect(
-            mtls_server.address,
-            root_certificates=pki / "ca.crt",
-            client_certificate=pki / "client.crt",
-            client_key=pki / "client.key",
-            server_name="gateway.test",
-            token="t0ken",
-            timeout=10,
-        ) as client:
+        async with aio.connect(mtls_server.address, **mtls_options(pki)) as client:
             assert client.config.tls
             async with await client.create_session() as session:
                 return len(await client.list_pipelines()), session.id in mtls_server.service.sessions
