@@ -37,18 +37,13 @@ import time
 from pathlib import Path
 
 from cuvis_cluster.common.children import GroupWatchdog, popen_kwargs, stop_children
+from cuvis_cluster.common.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "gateway" / "standin_worker.py"
 VENV_BIN = Path(sys.executable).parent
 INFERENCE = "/cuvis_ai.v1.CuvisAIService/Inference"
 OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:

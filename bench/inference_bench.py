@@ -30,7 +30,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cuvis_cluster.client import connect
 from cuvis_cluster.common.children import popen_kwargs, stop_children
+from cuvis_cluster.common.ports import free_port
 from cuvis_cluster.engine.data.synthetic import generate_frame
 from cuvis_cluster.engine.nodes.base import NodeRegistry, Stage
 from cuvis_cluster.engine.pipeline import Pipeline
@@ -56,12 +56,6 @@ from cuvis_cluster.wire.pb import pb, pb_grpc
 OUTPUTS = ["rx_detector.scores", "decider.decisions"]
 MAX_MESSAGE = 1 << 30
 OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_worker(workdir: Path, device: str) -> tuple[subprocess.Popen, str, int]:

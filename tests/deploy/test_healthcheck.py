@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from _deploy_support import missing_tool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cuvis_cluster.common.ports import free_port
 from cuvis_cluster.deploy import healthcheck
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -232,9 +232,7 @@ def test_the_probe_command_line(server, monkeypatch):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.mark.integration

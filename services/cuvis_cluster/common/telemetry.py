@@ -166,5 +166,8 @@ def metric_names() -> set[str]:
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
     """Expose ``registry`` on http://host:port/metrics in a daemon thread (port 0 disables it)."""
     if port:
-        start_http_server(port, addr=host, registry=registry)
+        try:
+            start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise SystemExit(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
         log.info("metrics on http://%s:%d/metrics", host, port)

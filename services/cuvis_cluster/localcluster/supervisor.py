@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 from types import FrameType
 
 from cuvis_cluster.common.children import GroupWatchdog, popen_kwargs, signal_group
+from cuvis_cluster.common.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ PHASE_GATEWAY = "starting the gateway"
 PHASE_READY = "waiting for the gateway to become ready"
 PHASE_SERVING = "serving"
 PHASE_STOPPING = "stopping"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def find_redis_server(command: str | None = None) -> str:
