@@ -165,7 +165,7 @@ def test_worker_image_uses_the_cuda_torch_base():
     assert re.match(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime$", args["TORCH_IMAGE"])
     text = dockerfile("worker").read_text()
     assert "--system-site-packages" in text, "the venv reuses the base image's CUDA torch"
-    assert '".[worker]"' in text
+    assert '".[worker,upstream]"' in text, "the image carries upstream cuvis-ai for hosted nodes and plugins"
 
 
 # ---------------------------------------------------------------------------------------- build context
@@ -261,17 +261,19 @@ def test_constraints_pin_every_dependency_within_pyproject():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     wanted = {
         "gateway": project["dependencies"],
-        "worker": project["dependencies"] + project["optional-dependencies"]["worker"],
+        "worker": project["dependencies"]
+        + project["optional-dependencies"]["worker"]
+        + project["optional-dependencies"]["upstream"],
     }
     for image, requirements in wanted.items():
         pins = _pins(image)
-        assert not any(re.match(r"^(torch|triton|pytorch-triton)$|^nvidia-", name) for name in pins), (
-            f"{image}: torch and its CUDA wheels come from the base image"
-        )
+        assert not any(
+            re.match(r"^(torch|torchvision|triton|pytorch-triton)$|^nvidia-|^cuda-", name) for name in pins
+        ), f"{image}: torch, torchvision and the CUDA wheels come from the base image"
         for text in requirements:
             req = Requirement(text)
             name = canonicalize_name(req.name)
-            if name == "torch":
+            if name in ("torch", "torchvision"):
                 continue
             assert name in pins, (
                 f"{image}: {req.name} is not pinned (python -m cuvis_cluster.deploy.constraints)"
