@@ -9,8 +9,14 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import signal
 import sys
+
+# Before grpc is imported: no gRPC fork handlers in the test process, which starts servers with
+# Popen(preexec_fn=...) while channels are busy (see cuvis_cluster/__init__.py).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +36,20 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+# pytest-timeout's signal method cannot interrupt a thread blocked in C (a fork waiting on a lock, say),
+# nor a teardown that hangs after its alarm has fired. Past twice the per-test timeout, this backstop
+# prints every thread's stack and ends the run, so that a hang fails in minutes instead of using up CI.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    limit = float(item.config.getini("timeout") or 0) * 2
+    if limit > 0:
+        faulthandler.dump_traceback_later(limit, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

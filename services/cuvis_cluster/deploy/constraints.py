@@ -1,8 +1,8 @@
 """Pin the images' Python dependencies: ``python -m cuvis_cluster.deploy.constraints``.
 
 Writes ``docker/constraints-gateway.txt`` (the base dependencies of pyproject.toml and everything they
-pull in) and ``docker/constraints-worker.txt`` (the same plus the ``worker`` and ``upstream`` extras), with the exact
-versions installed in the running environment, so an image build installs the versions the tests ran
+pull in) and ``docker/constraints-worker.txt`` (the same plus the ``worker`` and ``upstream`` extras), with
+the exact versions installed in the running environment, so an image build installs the versions the tests ran
 against. torch, torchvision and the CUDA wheels torch pulls in are left out of the worker's pins: the
 worker image takes them from its CUDA-enabled torch base image.
 
