@@ -313,7 +313,7 @@ def test_soft_channel_selector_variance_init_and_hard_eval() -> None:
     assert torch.all(node(data=x)["weights"] > 0)  # soft again while training
 
 
-def test_soft_channel_selector_learns_when_unfrozen_and_persists_temperature() -> None:
+def test_soft_channel_selector_learns_when_unfrozen_and_temperature_is_an_hparam() -> None:
     node = SoftChannelSelector(n_select=1, input_channels=3)
     node.unfreeze()
     x = torch.ones(1, 2, 2, 3)
@@ -321,11 +321,15 @@ def test_soft_channel_selector_learns_when_unfrozen_and_persists_temperature() -
     out.backward()
     assert node.channel_logits.grad is not None
     node.on_epoch_start(4)
+    assert node.temperature == pytest.approx(5.0 * 0.9**4)
+    assert set(node.state_dict()) == {"channel_logits"}  # upstream's layout: no temperature state
     copy = SoftChannelSelector(n_select=1, input_channels=3)
     copy.load_state_dict(node.state_dict())
-    assert float(copy.temperature) == pytest.approx(float(node.temperature))
-    legacy = {k: v for k, v in node.state_dict().items() if k != "temperature"}
-    SoftChannelSelector(n_select=1, input_channels=3).load_state_dict(legacy)  # upstream checkpoints load
+    assert copy.temperature == pytest.approx(5.0)  # as upstream: a reloaded node starts at temperature_init
+    legacy = {**node.state_dict(), "temperature": torch.tensor(0.25)}  # this project's earlier layout
+    old = SoftChannelSelector(n_select=1, input_channels=3)
+    old.load_state_dict(legacy)
+    assert old.temperature == pytest.approx(0.25)
 
 
 # -- Deep SVDD --------------------------------------------------------------------------------------
@@ -337,10 +341,13 @@ def test_deep_svdd_projection_is_a_per_pixel_mlp(kernel: str) -> None:
     z = node(data=x)["embeddings"]
     assert z.shape == (2, 3, 5, 3)
     pixel = x[1, 2, 4]
+    mlp = node.net
     if kernel == "rbf":
-        pixel = (2.0 / 16) ** 0.5 * torch.cos(pixel @ node.rff_weight + node.rff_bias)
-    torch.testing.assert_close(z[1, 2, 4], node.net(pixel[None])[0])
-    assert node.net[2].bias is None
+        rff, mlp = node.net[0], node.net[1]
+        pixel = (2.0 / 16) ** 0.5 * torch.cos(pixel @ rff.W + rff.b)
+    expected = mlp.fc2(torch.relu(mlp.fc1(pixel[None])))[0]
+    torch.testing.assert_close(z[1, 2, 4], expected)
+    assert mlp.fc2.bias is None and mlp.fc1.bias is not None  # upstream's SpectralNet
     with torch.no_grad():
         chunked = DeepSVDDProjection(in_channels=4, rep_dim=3, hidden=8, kernel=kernel, n_rff=16)
         chunked.load_state_dict(node.state_dict())
@@ -399,10 +406,12 @@ def test_binary_decider_thresholds_the_sigmoid() -> None:
     assert node.get_thresholds() == {"threshold": pytest.approx(0.9)} and node.params["threshold"] == 0.9
     assert node(logits=logits)["decisions"].flatten().tolist() == [False, False, False, False, True]
     torch.testing.assert_close(node.calibration_scores(logits=logits), torch.sigmoid(logits))
+    assert node.state_dict() == {}  # the threshold is an hparam, as upstream
     restored = BinaryDecider()
-    restored.load_state_dict(node.state_dict())
+    restored.load_state_dict({"threshold": torch.tensor(0.9)})  # this project's earlier layout
     assert restored.get_thresholds()["threshold"] == pytest.approx(0.9)
-    BinaryDecider().load_state_dict({})  # checkpoints without the threshold keep the configured one
+    assert restored.params["threshold"] == pytest.approx(0.9)
+    BinaryDecider().load_state_dict({})  # upstream's (empty) entry keeps the configured threshold
     with pytest.raises(InvalidArgument):
         node.set_thresholds(threshold=1.5)
 
@@ -447,7 +456,7 @@ def test_selector_regularizers_match_formulas() -> None:
     target = SelectorEntropyRegularizer(weight=2.0, target_entropy=1.0, eps=0.0)(weights=w)["loss"]
     torch.testing.assert_close(target, 2.0 * (entropy - 1.0) ** 2)
     diversity = SelectorDiversityRegularizer(weight=0.1)(weights=w)["loss"]
-    torch.testing.assert_close(diversity, torch.tensor(-0.1 * np.var(w.numpy(), ddof=1), dtype=torch.float32))
+    torch.testing.assert_close(diversity, torch.tensor(-0.1 * np.var(w.numpy(), ddof=0), dtype=torch.float32))
 
 
 # -- metrics ----------------------------------------------------------------------------------------
@@ -532,22 +541,24 @@ def test_average_precision_agrees_with_torchmetrics_on_probabilities() -> None:
     assert float(average_precision(probs, labels)) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_deep_svdd_projection_is_bias_free_and_old_biased_weights_need_bias_true():
+def test_deep_svdd_projection_bias_false_is_bias_free_and_refuses_biased_weights():
     from cuvis_cluster.engine.nodes.deep_svdd import DeepSVDDProjection
 
-    plain = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4)
+    plain = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4, bias=False)
     assert not any(name.endswith("bias") for name, _ in plain.named_parameters())
+    assert plain.params["bias"] is False
     x = torch.randn(1, 2, 2, 5)
     assert torch.allclose(plain(data=x)["embeddings"] * 2, plain(data=2 * x)["embeddings"], atol=1e-5)
 
-    old = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4, bias=True)  # earlier versions' layout
-    with pytest.raises(RuntimeError, match=r"net\.0\.bias"):
-        plain.load_state_dict(old.state_dict())
-    plain.load_state_dict(old.state_dict(), strict=False)  # drops the bias, keeps the weights
-    assert torch.equal(plain.net[0].weight, old.net[0].weight)
-    again = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4, bias=True)
-    again.load_state_dict(old.state_dict())
-    assert torch.equal(again(data=x)["embeddings"], old(data=x)["embeddings"])
+    biased = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4)  # upstream's default: a hidden bias
+    assert "bias" not in biased.params
+    with pytest.raises(RuntimeError, match=r"net\.fc1\.bias"):
+        plain.load_state_dict(biased.state_dict())
+    plain.load_state_dict(biased.state_dict(), strict=False)  # drops the bias, keeps the weights
+    assert torch.equal(plain.net.fc1.weight, biased.net.fc1.weight)
+    again = DeepSVDDProjection(in_channels=5, rep_dim=3, hidden=4)
+    again.load_state_dict(biased.state_dict())
+    assert torch.equal(again(data=x)["embeddings"], biased(data=x)["embeddings"])
 
 
 def test_deep_svdd_loss_leaves_masked_anomalous_pixels_out():

@@ -198,11 +198,38 @@ def test_bad_params_are_invalid_argument(type_name: str) -> None:
     assert "'x'" in str(info.value) and "no_such_param" in str(info.value)
 
 
-def test_unknown_type_names_the_known_ones() -> None:
+def test_unknown_type_names_the_class_and_node() -> None:
     from cuvis_cluster.errors import InvalidArgument
 
-    with pytest.raises(InvalidArgument, match="RXGlobal"):
+    with pytest.raises(InvalidArgument, match="NoSuchNode") as info:
         NodeRegistry().create("NoSuchNode", "x", {})
-    # Upstream's fully qualified class names resolve by their last component.
-    node = NodeRegistry().create("cuvis_ai.anomaly.rx_detector.RXGlobal", "rx", {"num_channels": 3})
-    assert node.type_name == "RXGlobal"
+    assert info.value.field == "x"
+    # A wrong full path is not matched by its last component any more.
+    with pytest.raises(InvalidArgument, match=r"cuvis_ai\.anomaly\.rx_detector\.RXGlobal") as info:
+        NodeRegistry().create("cuvis_ai.anomaly.rx_detector.RXGlobal", "rx", {"num_channels": 3})
+    assert info.value.field == "rx"
+
+
+def test_native_classes_serve_their_full_names() -> None:
+    from cuvis_cluster.engine.nodes.base import full_name, native_index
+
+    index = native_index()
+    for cls in BUILTIN.values():
+        assert index[full_name(cls)] is cls
+        for upstream in cls.UPSTREAM_CLASSES:
+            assert index[upstream] is cls
+    rx = next(c for c in BUILTIN.values() if c.__name__ == "RXGlobal")
+    for name in (full_name(rx), *rx.UPSTREAM_CLASSES):
+        node = NodeRegistry().create(name, "rx", {"num_channels": 3})
+        assert type(node) is rx and node.class_name == name
+
+
+def test_short_names_are_native_only_and_deprecated(caplog) -> None:
+    from cuvis_cluster.engine.nodes import base
+
+    base._WARNED_SHORT.discard("BinaryDecider")
+    with caplog.at_level("WARNING"):
+        node = NodeRegistry().create("BinaryDecider", "d", {})
+    assert "deprecated" in caplog.text and "BinaryDecider" in caplog.text
+    # Saved back under the full name, not the short one.
+    assert "." in node.class_name and node.class_name.endswith(".BinaryDecider")

@@ -10,7 +10,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from trainlib import SMALL_DATA, STATISTICAL, frame, infer, resolve, rpc_code, set_trainrun, train
+from trainlib import (
+    SMALL_DATA,
+    STATISTICAL,
+    frame,
+    infer,
+    pipeline_of,
+    resolve,
+    rpc_code,
+    set_trainrun,
+    train,
+)
 
 from cuvis_cluster.wire.pb import pb
 
@@ -60,12 +70,16 @@ def load_plugin(stub, session_id: str, manifest: dict | bytes) -> pb.LoadPluginR
     )
 
 
-def pipeline_with_scaler(stub, session_id: str) -> dict:
+def pipeline_with_scaler(stub, session_id: str, plugin: str) -> dict:
+    """The RX train run with the plugin's scaler after the detector (the pipeline inline)."""
     trainrun = resolve(stub, session_id, "trainrun/rx_statistical", SMALL_DATA)
-    pipeline = trainrun["pipeline"]
-    pipeline["nodes"].append({"name": "scaler", "type": "ScoreScaler", "params": {"factor": 3.0}})
-    pipeline["connections"].append({"source": "rx_detector.scores", "target": "scaler.scores"})
-    return trainrun
+    pipeline = pipeline_of(trainrun)
+    pipeline["plugins"] = [*pipeline.get("plugins", []), plugin]
+    # The plugin's manifest (this project's older format) registers the bare class name.
+    scaler = {"name": "scaler", "class_name": "ScoreScaler", "hparams": {"factor": 3.0}}
+    pipeline["nodes"].append(scaler)
+    pipeline["connections"].append({"source": "rx_detector.outputs.scores", "target": "scaler.inputs.scores"})
+    return {**trainrun, "pipeline": pipeline}
 
 
 def test_plugin_under_allowed_root_adds_a_node_a_pipeline_uses(stub, session, plugin_root):
@@ -88,9 +102,9 @@ def test_plugin_under_allowed_root_adds_a_node_a_pipeline_uses(stub, session, pl
     assert scaler.source == "plugin" and scaler.plugin_name == name
     assert scaler.category == pb.NODE_CATEGORY_TRANSFORM and pb.NODE_TAG_ANOMALY in scaler.tags
     assert "scores" in scaler.input_specs and scaler.output_specs["scaled"].description == "factor x scores"
-    assert "RXGlobal" in nodes and nodes["RXGlobal"].source == "builtin"
+    assert "RXGlobal" in nodes and nodes["RXGlobal"].source == "native"
 
-    trainrun = pipeline_with_scaler(stub, session)
+    trainrun = pipeline_with_scaler(stub, session, name)
     assert set_trainrun(stub, session, trainrun).pipeline_from_config
     assert train(stub, session, STATISTICAL)[-1].status == pb.TRAIN_STATUS_COMPLETE
     out = infer(stub, session, [frame(6)], ["rx_detector.scores", "scaler.scaled"])
@@ -114,10 +128,10 @@ def test_other_sessions_do_not_see_a_plugin(stub, session, plugin_root):
             lambda: stub.GetPluginInfo(pb.GetPluginInfoRequest(session_id=other, plugin_name=name))
         )
         assert code == grpc.StatusCode.NOT_FOUND
-        trainrun = pipeline_with_scaler(stub, other)
+        trainrun = pipeline_with_scaler(stub, other, name)
         with pytest.raises(grpc.RpcError) as info:
             set_trainrun(stub, other, trainrun)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ScoreScaler" in info.value.details()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and name in info.value.details()
         # session-less discovery lists the built-ins only
         bare = {n.class_name for n in stub.ListAvailableNodes(pb.ListAvailableNodesRequest()).nodes}
         assert "ScoreScaler" not in bare
@@ -153,11 +167,15 @@ def test_bad_manifests(stub, session, plugin_root):
         ({"name": name, "path": name, "nodes": ["os.path:join"]}, "os.path"),
         ({"name": name, "path": name, "nodes": ["helpers:factor_of"]}, "not a Node"),
         ({"name": name, "path": "does_not_exist", "nodes": ["X"]}, "does not exist"),
-        ({"name": name, "repo": "https://example.com/x.git", "tag": "v1", "nodes": ["X"]}, "git"),
     ]
     for manifest, needle in problems:
         reply = load_plugin(stub, session, manifest)
         assert not reply.registered_plugin and needle in reply.error, (manifest, reply.error)
+    # A git source is a precondition this worker never meets: it does not fetch plugins over the network.
+    remote = {"name": name, "repo": "https://example.com/x.git", "tag": "v1", "nodes": ["X"]}
+    with pytest.raises(grpc.RpcError) as info:
+        load_plugin(stub, session, remote)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "git" in info.value.details()
     broken = plugin_root / f"broken_{name}"
     broken.mkdir()
     (broken / "__init__.py").write_text("raise RuntimeError('plugin import exploded')\n")
@@ -187,7 +205,7 @@ def test_a_plugin_train_run_restores_into_a_session_that_loaded_the_plugin(stub,
     name = write_plugin(plugin_root)
     manifest = {"name": name, "path": name, "nodes": ["ScoreScaler"]}
     assert load_plugin(stub, session, manifest).registered_plugin == name
-    assert set_trainrun(stub, session, pipeline_with_scaler(stub, session)).pipeline_from_config
+    assert set_trainrun(stub, session, pipeline_with_scaler(stub, session, name)).pipeline_from_config
     assert train(stub, session, STATISTICAL)[-1].status == pb.TRAIN_STATUS_COMPLETE
     saved = stub.SaveTrainRun(
         pb.SaveTrainRunRequest(session_id=session, trainrun_path=f"runs/{name}/run.yaml", save_weights=True)

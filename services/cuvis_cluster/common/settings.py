@@ -157,6 +157,11 @@ class WorkerSettings(_Base):
     extra_roots: list[Path] = Field(
         default_factory=list, description="Further directories that sessions may add to their search paths."
     )
+    class_packages: list[str] = Field(
+        default_factory=lambda: ["cuvis_ai"],
+        description="Top-level packages whose cuvis_ai_core Node subclasses a pipeline may name by "
+        "class_name (repeatable); plugin classes come from plugin_dirs.",
+    )
     max_sessions: int = Field(16, ge=1, description="Sessions this worker holds at most.")
     idle_timeout_seconds: float = Field(3600.0, gt=0, description="A session unused this long is closed.")
     reap_interval_seconds: float = Field(30.0, gt=0, description="How often idle sessions are looked for.")

@@ -41,11 +41,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cuvis_cluster.engine.nodes.base import BUILTIN, Node, NodeRegistry, NodeType, Port
+from cuvis_cluster.engine.nodes.base import (
+    BUILTIN_PLUGIN,
+    Node,
+    NodeRegistry,
+    NodeType,
+    Port,
+    native_index,
+    preferred_name,
+)
+from cuvis_cluster.engine.nodes.classes import builtin_manifest, is_allowed, upstream_node_base
+from cuvis_cluster.engine.nodes.hosted import hosted_class
 from cuvis_cluster.engine.types import NodeInfo, PluginInfo, PortSpec
-from cuvis_cluster.errors import InvalidArgument, NotFound, PermissionDenied
+from cuvis_cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MODULE_PREFIX = "cuvis_plugin_"
@@ -191,9 +202,21 @@ class PluginManager:
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidArgument(f"the plugin manifest is not valid JSON: {exc}", field="manifest") from None
+            try:  # upstream's manifests are YAML
+                data = yaml.safe_load(raw.decode("utf-8"))
+            except (UnicodeDecodeError, yaml.YAMLError):
+                raise InvalidArgument(
+                    f"the plugin manifest is neither JSON nor YAML: {exc}", field="manifest"
+                ) from None
         if not isinstance(data, dict):
-            raise InvalidArgument("the plugin manifest must be a JSON object", field="manifest")
+            raise InvalidArgument("the plugin manifest must be a JSON/YAML mapping", field="manifest")
+        remote = data.get("repo") or data.get("git") or data.get("url")
+        if remote and not data.get("path"):
+            raise FailedPrecondition(
+                f"plugin {data.get('name')!r} has a git/network source ({remote}): this worker does not "
+                "fetch plugins over the network; install it under a plugin root and give a local 'path'",
+                field="manifest",
+            )
         try:
             manifest = PluginManifest.model_validate(data)
         except ValidationError as exc:
@@ -208,8 +231,8 @@ class PluginManager:
         except PluginError as exc:
             return "", f"plugin {manifest.name!r}: {exc}"
         registry: NodeRegistry = session.registry
-        for cls in plugin.classes.values():
-            registry.add(cls, plugin.name)
+        for key, cls in plugin.classes.items():
+            registry.add(cls, plugin.name, key)
         self.plugins_of(session)[plugin.name] = plugin
         return plugin.name, ""
 
@@ -224,13 +247,16 @@ class PluginManager:
             entries: dict[str, NodeEntry] = {}
             for entry in manifest.nodes:
                 cls = self._find_class(top, root_name, source, entry.class_name, manifest.name)
-                if cls.__name__ in BUILTIN:
-                    raise PluginError(
-                        f"class {cls.__name__} would shadow the built-in node type of that name"
-                    )
-                cls.type_name = cls.__name__  # not the (possibly inherited) type name of a built-in base
-                classes[cls.__name__] = cls
-                entries[cls.__name__] = entry
+                key = entry.class_name.replace(":", ".")
+                if key in native_index():
+                    raise PluginError(f"class {key} would shadow the native node class of that full name")
+                if _is_upstream_node(cls):
+                    cls = hosted_class(cls, key, getattr(session.registry, "output_root", None))
+                else:
+                    cls.type_name = cls.__name__  # not the (possibly inherited) type name of a built-in base
+                    cls.class_name = key
+                classes[key] = cls
+                entries[key] = entry
             self._check_files(root_name, allowed_root)
         except PluginError:
             self._drop_tree(root_name)
@@ -297,8 +323,8 @@ class PluginManager:
         cls = getattr(module, class_name, None)
         if cls is None:
             raise PluginError(f"{ref!r}: no class {class_name!r} in {module_part or 'the top-level module'}")
-        if not (isinstance(cls, type) and issubclass(cls, Node)) or cls is Node:
-            raise PluginError(f"{ref!r} is not a Node subclass (cuvis_cluster.engine.nodes.base.Node)")
+        if not isinstance(cls, type) or cls is Node or not (issubclass(cls, Node) or _is_upstream_node(cls)):
+            raise PluginError(f"{ref!r} is not a Node subclass (cuvis_ai_core.node.Node)")
         return cls
 
     def _check_files(self, root_name: str, allowed_root: Path) -> None:
@@ -334,13 +360,29 @@ class PluginManager:
         return plugin.info()
 
     def list_nodes(self, session: Any | None) -> builtins.list[NodeInfo]:
+        """Every class the session can name: native, its plugins', and allow-listed cuvis-ai classes.
+
+        cuvis-ai classes come from upstream's builtin manifest (nothing of ``cuvis_ai.node`` is imported).
+        """
         registry: NodeRegistry = session.registry if session is not None else NodeRegistry()
         plugins = self.plugins_of(session) if session is not None else {}
         rows = []
-        for type_name, cls in sorted(registry.types().items()):
-            plugin_name = registry.plugin_of(type_name)
-            entry = plugins[plugin_name].entries.get(type_name) if plugin_name in plugins else None
-            rows.append(describe_node(cls, plugin_name, entry))
+        index = native_index()
+        served = set(index)
+        for key, cls in sorted(index.items()):
+            if key in cls.UPSTREAM_CLASSES or not cls.UPSTREAM_CLASSES:  # one row per upstream name it serves
+                rows.append(describe_node(cls, None, None, key))
+        for key, cls in sorted(registry.types().items()):
+            if key in served:
+                continue
+            plugin_name = registry.plugin_of(key)
+            entry = plugins[plugin_name].entries.get(key) if plugin_name in plugins else None
+            rows.append(describe_node(cls, plugin_name, entry, key))
+            served.add(key)
+        if is_allowed("cuvis_ai.node.Node", registry.packages):
+            for item in builtin_manifest():
+                if item["class_name"] not in served:
+                    rows.append(describe_manifest_entry(item))
         return rows
 
     @staticmethod
@@ -369,19 +411,16 @@ def port_spec(name: str, port: Port) -> PortSpec:
     )
 
 
-def describe_node(cls: NodeType, plugin_name: str | None, entry: NodeEntry | None = None) -> NodeInfo:
-    """ListAvailableNodes entry for one node type."""
-    module = cls.__module__
-    if plugin_name and module.startswith(MODULE_PREFIX):
-        rest = module.split(".", 1)[1] if "." in module else ""
-        full_path = ".".join(p for p in (plugin_name, rest, cls.__qualname__) if p)
-    else:
-        full_path = f"{module}.{cls.__qualname__}"
+def describe_node(
+    cls: NodeType, plugin_name: str | None, entry: NodeEntry | None = None, class_name: str = ""
+) -> NodeInfo:
+    """ListAvailableNodes entry for one class: ``full_path`` is the exact name a config uses."""
     tags = list(dict.fromkeys([*cls.TAGS, *(entry.tags if entry else [])]))
+    full_path = class_name or preferred_name(cls)
     return NodeInfo(
-        class_name=cls.type_name or cls.__name__,
+        class_name=full_path.rsplit(".", 1)[-1],
         full_path=full_path,
-        source="plugin" if plugin_name else "builtin",
+        source="plugin" if plugin_name else "native",
         plugin_name=plugin_name or "",
         inputs={n: port_spec(n, p) for n, p in cls.INPUTS.items()},
         outputs={n: port_spec(n, p) for n, p in cls.OUTPUTS.items()},
@@ -389,3 +428,39 @@ def describe_node(cls: NodeType, plugin_name: str | None, entry: NodeEntry | Non
         tags=tuple(tags),
         description=cls.DESCRIPTION or (cls.__doc__ or "").strip().split("\n", 1)[0],
     )
+
+
+def _manifest_port(name: str, raw: Any) -> PortSpec:
+    spec = raw if isinstance(raw, dict) else {}
+    shape = tuple(d if isinstance(d, int) else -1 for d in (spec.get("shape") or ()))
+    return PortSpec(
+        name=name,
+        dtype=str(spec.get("dtype") or "float32"),
+        shape=shape,
+        optional=bool(spec.get("optional", False)),
+        description=str(spec.get("description") or ""),
+        variadic=bool(spec.get("variadic", False)),
+    )
+
+
+def describe_manifest_entry(item: dict[str, Any]) -> NodeInfo:
+    """A cuvis-ai class that the worker hosts (upstream code), described from upstream's manifest."""
+    full = str(item["class_name"])
+    icon = item.get("icon_svg")
+    return NodeInfo(
+        class_name=full.rsplit(".", 1)[-1],
+        full_path=full,
+        source="cuvis-ai",
+        plugin_name=BUILTIN_PLUGIN,
+        inputs={n: _manifest_port(n, p) for n, p in (item.get("input_specs") or {}).items()},
+        outputs={n: _manifest_port(n, p) for n, p in (item.get("output_specs") or {}).items()},
+        category=str(item.get("category") or "transform"),
+        tags=tuple(str(t) for t in (item.get("tags") or ())),
+        description=str(item.get("doc_summary") or ""),
+        icon_svg=icon.encode("utf-8") if isinstance(icon, str) else b"",
+    )
+
+
+def _is_upstream_node(cls: Any) -> bool:
+    base = upstream_node_base()
+    return base is not None and isinstance(cls, type) and issubclass(cls, base) and cls is not base

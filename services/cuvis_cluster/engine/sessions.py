@@ -84,14 +84,20 @@ class RWLock:
 class Session:
     """One client's state. Fields are read and written by the engine facade under :attr:`lock`."""
 
-    def __init__(self, session_id: str, owner: str | None, search_paths: list[Path]) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        owner: str | None,
+        search_paths: list[Path],
+        registry: NodeRegistry | None = None,
+    ) -> None:
         now = time.time()
         self.id = session_id
         self.owner = owner
         self.created_at = now
         self.last_used = now
         self.search_paths: list[Path] = list(search_paths)
-        self.registry = NodeRegistry()
+        self.registry = registry if registry is not None else NodeRegistry()
         self.pipeline: Pipeline | None = None
         self.trainrun: JsonObject | None = None  # validated TrainRunConfig (JSON form)
         self.data_config: JsonObject | None = None
@@ -157,10 +163,17 @@ class Session:
                 run.cancel("session closed")
             with contextlib.suppress(Exception):
                 run.join(timeout=30)
+        if self.pipeline is not None:
+            for node in self.pipeline.nodes.values():
+                cleanup = getattr(node, "cleanup", None)  # hosted upstream nodes: TensorBoard writers
+                if callable(cleanup):
+                    with contextlib.suppress(Exception):
+                        cleanup()
         self.pipeline = None
         self.train_run = None
         self.profiler = None
         self.plugins.clear()
+        self.registry.clear_plugins()
 
 
 class SessionManager:
@@ -173,8 +186,11 @@ class SessionManager:
         idle_timeout_seconds: float = 3600.0,
         reap_interval_seconds: float = 30.0,
         default_search_paths: Callable[[], list[Path]] | None = None,
+        registry_factory: Callable[[], NodeRegistry] | None = None,
     ) -> None:
         self.max_sessions = int(max_sessions)
+        # Builds each session's node registry (allow-listed class packages, output root for hosted nodes).
+        self._registry_factory = registry_factory or NodeRegistry
         self.idle_timeout_seconds = float(idle_timeout_seconds)
         self.reap_interval_seconds = float(reap_interval_seconds)
         self._default_paths = default_search_paths or (lambda: [])
@@ -220,7 +236,7 @@ class SessionManager:
                     f"this worker holds the maximum of {self.max_sessions} sessions; close one or retry later"
                 )
             session_id = str(uuid.uuid4())
-            session = Session(session_id, owner, self._default_paths())
+            session = Session(session_id, owner, self._default_paths(), self._registry_factory())
             self._sessions[session_id] = session
             listeners = list(self._listeners)
         for listener in listeners:

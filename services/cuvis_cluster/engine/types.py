@@ -19,6 +19,8 @@ class EngineConfig:
     output_dir: Path
     plugin_dirs: list[Path] = field(default_factory=list)
     extra_roots: list[Path] = field(default_factory=list)
+    # top-level packages whose cuvis_ai_core Node subclasses a pipeline may name by class_name
+    class_packages: list[str] = field(default_factory=lambda: ["cuvis_ai"])
     max_sessions: int = 16
     idle_timeout_seconds: float = 3600.0
     device: str = "auto"  # auto | cpu | cuda

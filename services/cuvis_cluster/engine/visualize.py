@@ -16,6 +16,8 @@ import yaml
 
 from cuvis_cluster.engine import schemas
 from cuvis_cluster.engine.nodes import BUILTIN
+from cuvis_cluster.engine.nodes.base import native_index
+from cuvis_cluster.engine.nodes.classes import builtin_manifest
 from cuvis_cluster.errors import FailedPrecondition, InvalidArgument, Unimplemented
 
 if TYPE_CHECKING:
@@ -90,11 +92,20 @@ def graph_from_config(config: dict[str, Any], categories: dict[str, str] | None 
     for node in model.nodes:
         category = categories.get(node.name)
         if category is None:
-            cls = BUILTIN.get(node.type.rsplit(".", 1)[-1])
-            category = cls.CATEGORY if cls is not None else ""
+            category = _category_of(node.type)
         out_nodes.append((node.name, node.type, category))
     edges = [(c.source_node, c.source_port, c.target_node, c.target_port) for c in model.connections]
     return {"name": model.metadata.name or "pipeline", "nodes": out_nodes, "edges": edges}
+
+
+def _category_of(class_name: str) -> str:
+    """The category of a class by its exact name, without importing anything: native classes, then
+    upstream's builtin manifest (hosted cuvis-ai classes); "" when unknown (e.g. a plugin class)."""
+    cls = native_index().get(class_name) if "." in class_name else BUILTIN.get(class_name)
+    if cls is not None:
+        return cls.CATEGORY
+    entry = next((e for e in builtin_manifest() if e["class_name"] == class_name), None)
+    return str(entry.get("category") or "") if entry else ""
 
 
 def _graphviz() -> ModuleType:

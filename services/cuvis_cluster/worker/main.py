@@ -82,6 +82,7 @@ def engine_config(settings: WorkerSettings) -> Any:
         idle_timeout_seconds=settings.idle_timeout_seconds,
         device=settings.device,
         reap_interval_seconds=settings.reap_interval_seconds,
+        class_packages=list(settings.class_packages),
     )
 
 

@@ -80,6 +80,7 @@ class RXGlobal(Node):
     TAGS = ("hyperspectral", "anomaly", "stateful")
     TRAINABLE_BUFFERS = ("mu", "cov", "cov_inv")
     DESCRIPTION = "Global RX anomaly detector (Mahalanobis distance to the train-split background)."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.anomaly.rx_detector.RXGlobal",)
     _OFFSETS = ("mu_delta", "chol_delta")
     _BASES = ("_mu0", "_std", "_chol0")
 
@@ -107,6 +108,20 @@ class RXGlobal(Node):
 
     def input_ports(self) -> dict[str, Port]:
         return {"data": with_channels(self.INPUTS["data"], self.num_channels)}
+
+    def upgrade_state_dict(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Upstream, fitted with ``cache_inverse=False``, stores an empty ``cov_inv``: derive it from
+        ``cov``."""
+        out = dict(state)
+        cov, inv = out.get("cov"), out.get("cov_inv")
+        if (
+            isinstance(cov, torch.Tensor)
+            and isinstance(inv, torch.Tensor)
+            and inv.numel() == 0
+            and cov.dim() == 2
+        ):
+            out["cov_inv"] = torch.linalg.pinv(cov.to(torch.float64), hermitian=True).to(cov.dtype)
+        return out
 
     def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
         moments = pixel_moments(self, batches, "data", self.num_channels, full=True)
@@ -244,6 +259,7 @@ class RXPerBatch(Node):
     CATEGORY = "model"
     TAGS = ("hyperspectral", "anomaly")
     DESCRIPTION = "Local RX: Mahalanobis distance to each image's own mean and covariance."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.anomaly.rx_detector.RXPerBatch",)
 
     def __init__(self, eps: float = 1e-6) -> None:
         eps = float_param(eps, "eps", minimum=0.0)

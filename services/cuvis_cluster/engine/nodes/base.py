@@ -19,8 +19,10 @@ discovery, validation and the pipeline builder read.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +73,12 @@ class Port:
     # ``dtype`` (``shape`` is ``()``); trainers log each entry as ``<node_name>/<key>``, Inference reports
     # them as metrics.
     kind: str = "tensor"
+    # A fan-in input (upstream's ``PortSpec(variadic=True)``): several connections may feed it, and the
+    # node gets a list of their values in connection order.
+    variadic: bool = False
+    # False: only a connection feeds it, never a batch key of the same name (an input of ours that the
+    # upstream class it serves lacks, so that upstream pipelines run as they do upstream).
+    from_batch: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES and self.dtype != ANY_DTYPE:
@@ -113,6 +121,12 @@ class Node(nn.Module):
     TRAINABLE_BUFFERS: ClassVar[tuple[str, ...]] = ()
     DESCRIPTION: ClassVar[str] = ""
     type_name: ClassVar[str] = ""  # set by @register
+    # The upstream full class names this class serves (e.g. "cuvis_ai.node.anomaly.rx_detector.RXGlobal");
+    # it also serves its own full name (see :func:`full_name`).
+    UPSTREAM_CLASSES: ClassVar[tuple[str, ...]] = ()
+    # The full class name the config used (set on the instance by NodeRegistry.create); SavePipeline
+    # writes it back.
+    class_name: str = ""
 
     def __init__(self, **params: Any) -> None:
         super().__init__()
@@ -195,6 +209,19 @@ NodeType = type[Node]
 # Built-in catalogue: type name -> class. Plugins extend a per-session copy (see NodeRegistry).
 BUILTIN: dict[str, NodeType] = {}
 
+_log = logging.getLogger(__name__)
+_WARNED_SHORT: set[str] = set()
+
+
+def full_name(cls: type) -> str:
+    """``module.QualName`` of a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def preferred_name(cls: NodeType) -> str:
+    """The full name a config should use for ``cls``: upstream's first name, else its own."""
+    return cls.UPSTREAM_CLASSES[0] if cls.UPSTREAM_CLASSES else full_name(cls)
+
 
 def register(cls: NodeType) -> NodeType:
     """Class decorator that adds a node type to the built-in catalogue under its class name."""
@@ -202,43 +229,148 @@ def register(cls: NodeType) -> NodeType:
     if name in BUILTIN and BUILTIN[name] is not cls:
         raise ValueError(f"node type {name} registered twice")
     cls.type_name = name
+    cls.class_name = preferred_name(cls)
     BUILTIN[name] = cls
     return cls
 
 
+def native_index() -> dict[str, NodeType]:
+    """Every full class name a native class serves: its own, and its ``UPSTREAM_CLASSES``."""
+    index: dict[str, NodeType] = {}
+    for cls in BUILTIN.values():
+        for key in (full_name(cls), *cls.UPSTREAM_CLASSES):
+            other = index.get(key)
+            if other is not None and other is not cls:
+                raise ValueError(f"{key} is served by both {other.__name__} and {cls.__name__}")
+            index[key] = cls
+    return index
+
+
 class NodeRegistry:
-    """The node types one session can instantiate: the built-ins plus that session's plugins."""
+    """The node classes one session can instantiate, resolved by exact full class name.
 
-    def __init__(self, extra: Mapping[str, NodeType] | None = None, sources: Mapping[str, str] | None = None):
-        self._extra: dict[str, NodeType] = dict(extra or {})
-        self._sources: dict[str, str] = dict(sources or {})  # type name -> plugin name
+    Order: a native class serving the name (its own full name or one of its ``UPSTREAM_CLASSES``), a
+    class from this session's plugins, then an upstream ``cuvis_ai_core`` Node subclass from an
+    allow-listed package, hosted through :mod:`.hosted` (imported lazily, only then). A bare short
+    name (the old dialect) resolves among the native classes only, with a deprecation warning.
+    """
 
-    def add(self, cls: NodeType, plugin: str) -> None:
+    def __init__(
+        self,
+        extra: Mapping[str, NodeType] | None = None,
+        sources: Mapping[str, str] | None = None,
+        *,
+        packages: Sequence[str] = ("cuvis_ai",),
+        output_root: Path | None = None,
+    ):
+        self._extra: dict[str, NodeType] = {}  # full class name -> plugin class
+        self._sources: dict[str, str] = {}  # full class name -> plugin name
+        self.packages: tuple[str, ...] = tuple(packages)
+        self.output_root = output_root
+        self._hosted: dict[str, NodeType] = {}
+        for key, cls in (extra or {}).items():
+            self.add(cls, (sources or {}).get(key, ""), key if "." in key else None)
+
+    def add(self, cls: NodeType, plugin: str, class_name: str | None = None) -> None:
+        """Make a plugin class available to this session under its full class name."""
         if not cls.type_name:
             cls.type_name = cls.__name__
-        self._extra[cls.type_name] = cls
-        self._sources[cls.type_name] = plugin
+        key = class_name or preferred_name(cls)
+        self._extra[key] = cls
+        self._sources[key] = plugin
 
     def types(self) -> dict[str, NodeType]:
-        return {**BUILTIN, **self._extra}
+        """Every class this session can name without importing anything: native + plugin, by full name."""
+        return {**{preferred_name(c): c for c in BUILTIN.values()}, **self._extra}
 
-    def plugin_of(self, type_name: str) -> str | None:
-        return self._sources.get(type_name)
+    def plugin_of(self, class_name: str) -> str | None:
+        return self._sources.get(class_name)
 
-    def get(self, type_name: str) -> NodeType:
-        # Accept upstream's fully qualified class names by their last component.
-        short = type_name.rsplit(".", 1)[-1]
-        cls = self._extra.get(short) or BUILTIN.get(short)
-        if cls is None:
-            known = ", ".join(sorted(self.types()))
-            raise InvalidArgument(f"unknown node type {type_name!r}; known types: {known}")
+    def clear_plugins(self, plugin: str | None = None) -> None:
+        for key in [k for k, p in self._sources.items() if plugin is None or p == plugin]:
+            self._extra.pop(key, None)
+            self._sources.pop(key, None)
+
+    def get(self, class_name: str, node: str = "") -> NodeType:
+        field = node or "class_name"
+        label = f"node {node!r}: " if node else ""
+        if not isinstance(class_name, str) or not class_name:
+            raise InvalidArgument(f"{label}class_name is empty", field=field)
+        if "." not in class_name:
+            return self._short(class_name, label, field)
+        native = native_index().get(class_name)
+        if native is not None:
+            return native
+        plugin_cls = self._extra.get(class_name)
+        if plugin_cls is not None:
+            return plugin_cls
+        hosted = self._hosted.get(class_name)
+        if hosted is not None:
+            return hosted
+        from . import classes
+        from . import hosted as hosted_mod
+
+        try:
+            upstream = classes.import_node_class(class_name, self.packages, field)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{label}{exc.message}", field=field) from None
+        cls = hosted_mod.hosted_class(upstream, class_name, self.output_root)
+        self._hosted[class_name] = cls
         return cls
 
-    def create(self, type_name: str, name: str, params: Mapping[str, Any]) -> Node:
-        cls = self.get(type_name)
+    def _short(self, short: str, label: str, field: str) -> NodeType:
+        cls = BUILTIN.get(short)
+        if cls is None and short in self._extra:
+            # A plugin of the deprecated manifest format registered this exact (short) name.
+            return self._extra[short]
+        if cls is None:
+            plugin_hits = sorted(k for k in self._extra if k.rsplit(".", 1)[-1] == short)
+            hint = f"; did you mean {', '.join(plugin_hits)}?" if plugin_hits else ""
+            raise InvalidArgument(
+                f"{label}unknown node class {short!r}: give the full class_name "
+                f"(e.g. 'cuvis_ai.node.anomaly.rx_detector.RXGlobal'){hint}",
+                field=field,
+            )
+        if short not in _WARNED_SHORT:
+            _WARNED_SHORT.add(short)
+            _log.warning(
+                "deprecated: node class %r given by its short name; use the full class_name %r",
+                short,
+                preferred_name(cls),
+            )
+        return cls
+
+    def canonical_name(self, class_name: str, cls: NodeType) -> str:
+        """The name to write back for a node built from ``class_name``: the full name it was given, the
+        name a plugin registered it under (a plugin's module is imported under a private name, which
+        another session could not resolve), or the native class's preferred full name."""
+        if "." in class_name or self._extra.get(class_name) is cls:
+            return class_name
+        return preferred_name(cls)
+
+    def create(self, class_name: str, name: str, hparams: Mapping[str, Any]) -> Node:
+        cls = self.get(class_name, name)
         try:
-            node = cls(**dict(params))
+            node = cls(**dict(hparams))
+        except InvalidArgument:
+            raise
         except TypeError as exc:
-            raise InvalidArgument(f"node {name!r} ({cls.type_name}): bad params: {exc}", field=name) from exc
+            raise InvalidArgument(f"node {name!r} ({class_name}): bad hparams: {exc}", field=name) from exc
         node.name = name
+        node.class_name = self.canonical_name(class_name, cls)
         return node
+
+    def require_plugins(self, names: Sequence[str]) -> None:
+        """The pipeline's ``plugins:`` list: each must be built in or loaded in this session."""
+        loaded = set(self._sources.values())
+        for plugin in names:
+            if plugin == BUILTIN_PLUGIN or plugin in loaded:
+                continue
+            raise FailedPrecondition(
+                f"plugin {plugin!r} is not loaded in this session: LoadPlugin it first with a manifest whose "
+                "local 'path' lies under a plugin root (git or network sources are not fetched)",
+                field="plugins",
+            )
+
+
+BUILTIN_PLUGIN = "cuvis_ai_builtin"

@@ -33,6 +33,7 @@ class ScoreToLogit(Node):
     TAGS = ("anomaly", "calibration", "postprocessing")
     TRAINABLE_BUFFERS = ("scale", "bias")
     DESCRIPTION = "Affine map from anomaly scores to logits; bias fitted as mean + 2·std."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.conversion.ScoreToLogit",)
 
     scale: torch.Tensor  # 0-d buffers (parameters while unfrozen)
     bias: torch.Tensor
@@ -59,5 +60,8 @@ class ScoreToLogit(Node):
     def forward(self, **inputs: Any) -> dict[str, Any]:
         scores = require_input(self, inputs, "scores")
         check_rank(self, "scores", scores, 4, "[B,H,W,1]")
+        if self.training and torch.is_grad_enabled():
+            self.fitted = True  # gradient training gives it state
+        self.require_fitted()  # False only after a non-strict load that left scale/bias out
         scores = scores if scores.is_floating_point() else scores.to(torch.float32)
         return {"logits": self.scale * (scores - self.bias)}

@@ -1,8 +1,10 @@
 """Deciders: turn logits or scores into boolean anomaly decisions.
 
 Calibration contract: every decider lists its tunable thresholds in ``THRESHOLD_PARAMS`` and offers
-:meth:`get_thresholds` / :meth:`set_thresholds`. Thresholds are persistent buffers, so they are saved
-with the weights (loading an older checkpoint without them keeps the current values).
+:meth:`get_thresholds` / :meth:`set_thresholds`. Thresholds are hyper-parameters, as upstream keeps them:
+plain attributes mirrored in ``params`` (so SavePipeline writes a calibrated value into the YAML), never
+state-dict entries. A weights file of an earlier version that still carries them is read: the stored value
+becomes the hparam.
 :class:`BinaryDecider` also exposes :meth:`BinaryDecider.calibration_scores`: the per-pixel values that
 ``threshold`` is compared against (``decisions = calibration_scores >= threshold``), so a calibrator can
 search the best threshold directly on them.
@@ -43,24 +45,26 @@ class ThresholdDecider(Node):
                 raise InvalidArgument(
                     f"{node_label(self)}: {name} must be in [{lo}, {hi}], got {v}", field=name
                 )
-            with torch.no_grad():
-                getattr(self, name).fill_(v)
+            setattr(self, name, v)
             self.params[name] = v
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, *args, **kwargs
     ):
-        before = len(missing_keys)
+        # Files written before thresholds became hparams carry them as 0-d tensors: adopt the value.
+        legacy = {}
+        for name in self.THRESHOLD_PARAMS:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                legacy[name] = float(value)
         super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, *args, **kwargs
         )
-        for name in self.THRESHOLD_PARAMS:
-            if prefix + name in missing_keys[before:]:
-                missing_keys.remove(prefix + name)
-        # The stored thresholds are the node's params from now on (SavePipeline writes them to YAML).
-        for name in self.THRESHOLD_PARAMS:
-            if prefix + name in state_dict:
-                self.params[name] = float(getattr(self, name))
+        for name in legacy:
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
+        if legacy:
+            self.set_thresholds(**legacy)
 
 
 @register
@@ -71,13 +75,12 @@ class BinaryDecider(ThresholdDecider):
     OUTPUTS: ClassVar[dict[str, Port]] = {"decisions": DECISIONS}
     THRESHOLD_PARAMS = ("threshold",)
     DESCRIPTION = "Thresholds sigmoid(logits) at a probability."
-
-    threshold: torch.Tensor  # 0-d buffer
+    UPSTREAM_CLASSES = ("cuvis_ai.node.deciders.binary_decider.BinaryDecider",)
 
     def __init__(self, threshold: float = 0.5) -> None:
         t = float_param(threshold, "threshold", minimum=0.0, maximum=1.0)
         super().__init__(threshold=t)
-        self.register_buffer("threshold", torch.tensor(t))
+        self.threshold = t
 
     def calibration_scores(self, **inputs: Any) -> torch.Tensor:
         logits = require_input(self, inputs, "logits")
@@ -109,7 +112,9 @@ class QuantileBinaryDecider(ThresholdDecider):
     """``decisions = x >= quantile_q(x)``, the quantile taken per image.
 
     By default the quantile runs over all non-batch dims; ``reduce_dims`` (e.g. ``[1, 2]``) picks the dims
-    to reduce over, so ``[1, 2]`` gives one threshold per image and channel.
+    to reduce over, so ``[1, 2]`` gives one threshold per image and channel. A ``threshold`` hparam, which
+    upstream's class takes through its keyword arguments and writes into saved pipelines, is kept (so that
+    it is written back) and has no effect, as upstream: the quantile decides.
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {
@@ -118,11 +123,13 @@ class QuantileBinaryDecider(ThresholdDecider):
     OUTPUTS: ClassVar[dict[str, Port]] = {"decisions": Port("bool", ("B", "H", "W", -1))}
     THRESHOLD_PARAMS = ("quantile",)
     DESCRIPTION = "Flags the top (1-q) fraction of each image's scores."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.deciders.binary_decider.QuantileBinaryDecider",)
 
-    quantile: torch.Tensor  # 0-d buffer
-
-    def __init__(self, quantile: float = 0.995, reduce_dims: list[int] | None = None) -> None:
+    def __init__(
+        self, quantile: float = 0.995, reduce_dims: list[int] | None = None, threshold: float | None = None
+    ) -> None:
         q = float_param(quantile, "quantile", minimum=0.0, maximum=1.0)
+        kept = {} if threshold is None else {"threshold": float_param(threshold, "threshold")}
         dims = None
         if reduce_dims is not None:
             try:
@@ -135,9 +142,9 @@ class QuantileBinaryDecider(ThresholdDecider):
                 raise TypeError(
                     f"reduce_dims must be a non-empty list of dims among 1..3, got {reduce_dims!r}"
                 )
-        super().__init__(quantile=q, reduce_dims=dims)
+        super().__init__(quantile=q, reduce_dims=dims, **kept)
         self.reduce_dims = dims or [1, 2, 3]
-        self.register_buffer("quantile", torch.tensor(q))
+        self.quantile = q
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         x = require_input(self, inputs, "logits")
@@ -148,6 +155,6 @@ class QuantileBinaryDecider(ThresholdDecider):
         flat = moved.reshape(*moved.shape[: len(keep)], -1)
         if flat.shape[-1] == 0:
             return {"decisions": torch.zeros_like(x, dtype=torch.bool)}
-        thresholds = quantile_last_dim(flat, float(self.quantile))
+        thresholds = quantile_last_dim(flat, self.quantile)
         view = [x.shape[d] if d in keep else 1 for d in range(4)]
         return {"decisions": x >= thresholds.reshape(view)}

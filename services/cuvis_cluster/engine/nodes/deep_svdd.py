@@ -33,21 +33,83 @@ KERNELS = ("linear", "rbf")
 EMBEDDINGS = ("B", "H", "W", "D")
 
 
+def _require_state(node: Node) -> None:
+    """A node whose weights are learned, not fitted: a forward in training mode is what gives it state;
+    outside training it refuses to run after a non-strict load left it without its weights."""
+    if node.training and torch.is_grad_enabled():
+        node.fitted = True
+    node.require_fitted()
+
+
+class _SpectralNet(nn.Module):
+    """``fc2(relu(fc1(x)))``: upstream's state layout (``fc1.weight``, ``fc1.bias``, ``fc2.weight``)."""
+
+    def __init__(self, features: int, hidden: int, rep_dim: int, bias: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(features, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, rep_dim, bias=False)
+        # The same initialisation calls, in the same order, as upstream: under the same seed the
+        # freshly built weights are the same.
+        nn.init.kaiming_uniform_(self.fc1.weight, a=math.sqrt(5))
+        if self.fc1.bias is not None:
+            bound = 1.0 / math.sqrt(features)
+            nn.init.uniform_(self.fc1.bias, -bound, bound)
+        nn.init.xavier_uniform_(self.fc2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class _RandomFourierFeatures(nn.Module):
+    """``z_scale · cos(x W + b)``: upstream's layout (buffers ``W`` [C, n], ``b`` [n], ``z_scale`` [])."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    z_scale: torch.Tensor
+
+    def __init__(self, channels: int, n_features: int, gamma: float) -> None:
+        super().__init__()
+        self.register_buffer("W", torch.randn(channels, n_features) * math.sqrt(2.0 * gamma))
+        self.register_buffer("b", torch.rand(n_features) * (2.0 * math.pi))
+        self.register_buffer("z_scale", torch.tensor(math.sqrt(2.0 / n_features)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.z_scale * torch.cos(x @ self.W + self.b)
+
+
+# Weights files of earlier versions of this project: old key -> key of the upstream layout.
+_LEGACY_LINEAR = {
+    "net.0.weight": "net.fc1.weight",
+    "net.0.bias": "net.fc1.bias",
+    "net.2.weight": "net.fc2.weight",
+}
+_LEGACY_RBF = {
+    "rff_weight": "net.0.W",
+    "rff_bias": "net.0.b",
+    "net.0.weight": "net.1.fc1.weight",
+    "net.0.bias": "net.1.fc1.bias",
+    "net.2.weight": "net.1.fc2.weight",
+}
+
+
 @register
 class DeepSVDDProjection(Node):
-    """Per-pixel MLP ``Linear(C, hidden, bias=bias) -> ReLU -> Linear(hidden, rep_dim, bias=False)``.
+    """Per-pixel MLP ``fc2(relu(fc1(x)))``: ``fc1 = Linear(C, hidden, bias=bias)``,
+    ``fc2 = Linear(hidden, rep_dim, bias=False)``; upstream's class and state layout (``net.fc1.*``,
+    ``net.fc2.weight``).
 
     ``kernel='rbf'`` first maps each spectrum to ``n_rff`` random Fourier features
     ``sqrt(2/n_rff)·cos(xW + b)`` with ``W ~ N(0, 2·gamma)`` and ``b ~ U(0, 2π)``, which approximate the RBF
-    kernel ``exp(-gamma·‖x-y‖²)`` (gamma defaults to ``1/in_channels``). ``W`` and ``b`` are fixed buffers
-    saved with the weights.
+    kernel ``exp(-gamma·‖x-y‖²)`` (gamma defaults to ``1/in_channels``); the layout is then upstream's
+    ``net.0.{W,b,z_scale}`` and ``net.1.fc1.*`` / ``net.1.fc2.weight``. Pixels go through the network in
+    chunks of ``mlp_forward_batch_size`` (upstream's default, 65536), which bounds peak memory.
 
-    Deep SVDD needs a network without bias terms: with a bias the optimiser can zero the weights and map
-    every input onto the centre (the trivial "hypersphere collapse", loss 0, no detection). So the hidden
-    layer has no bias by default (``bias=False``) and the output layer never has one. ``bias=True`` keeps
-    the hidden-layer bias of earlier versions: their weights carry ``net.0.bias`` and load strictly only
-    into a projection built with ``bias: true`` (a strict load into a bias-free one is refused with
-    "unexpected key ... net.0.bias"; a non-strict load drops the bias).
+    ``bias`` is this project's addition (upstream has no such hparam and always has the hidden bias, which
+    is the default here too). ``bias=False`` drops the hidden-layer bias: Deep SVDD theory wants a network
+    without bias terms, since with one the optimiser can map every input onto the centre ("hypersphere
+    collapse"). A pipeline using ``bias: false`` has no ``net.fc1.bias`` and so does not load strictly into
+    upstream's class. Weights files of earlier versions of this project (``net.0.weight`` ...) are read
+    through :meth:`upgrade_state_dict`.
 
     Bounds (refused at build time beyond them): ``in_channels <= 4096``, ``hidden <= 8192``,
     ``rep_dim <= 8192``, ``n_rff <= 65536``.
@@ -58,9 +120,7 @@ class DeepSVDDProjection(Node):
     CATEGORY = "model"
     TAGS = ("hyperspectral", "anomaly", "embedding", "learnable", "differentiable")
     DESCRIPTION = "Per-pixel projection network of Deep SVDD (optionally on random Fourier features)."
-
-    rff_weight: torch.Tensor  # [C, n_rff] buffer (kernel='rbf' only)
-    rff_bias: torch.Tensor  # [n_rff] buffer (kernel='rbf' only)
+    UPSTREAM_CLASSES = ("cuvis_ai.node.anomaly.deep_svdd.DeepSVDDProjection",)
 
     def __init__(
         self,
@@ -70,8 +130,8 @@ class DeepSVDDProjection(Node):
         kernel: str = "linear",
         n_rff: int = 2048,
         gamma: float | None = None,
-        mlp_forward_batch_size: int | None = None,
-        bias: bool = False,
+        mlp_forward_batch_size: int = 65_536,
+        bias: bool = True,
     ) -> None:
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be a boolean, got {bias!r}")
@@ -82,29 +142,41 @@ class DeepSVDDProjection(Node):
             raise TypeError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         r = int_param(n_rff, "n_rff", minimum=1, maximum=MAX_RFF)
         g = None if gamma is None else float_param(gamma, "gamma", minimum=1e-12)
+        # ``None`` (accepted by earlier versions) means upstream's default.
         chunk = (
-            None
+            65_536
             if mlp_forward_batch_size is None
             else int_param(mlp_forward_batch_size, "mlp_forward_batch_size", 1)
         )
-        super().__init__(
-            in_channels=c,
-            rep_dim=d,
-            hidden=h,
-            kernel=kernel,
-            n_rff=r,
-            gamma=g,
-            mlp_forward_batch_size=chunk,
-            bias=bias,
-        )
+        params: dict[str, Any] = {
+            "in_channels": c,
+            "rep_dim": d,
+            "hidden": h,
+            "kernel": kernel,
+            "n_rff": r,
+            "gamma": g,
+            "mlp_forward_batch_size": chunk,
+        }
+        if not bias:  # only written when it departs from upstream, so saved configs stay upstream's
+            params["bias"] = False
+        super().__init__(**params)
         self.in_channels, self.rep_dim, self.kernel, self.chunk = c, d, kernel, chunk
-        features = c
+        self.net: nn.Module
         if kernel == "rbf":
-            g_eff = g if g is not None else 1.0 / c
-            self.register_buffer("rff_weight", torch.randn(c, r) * math.sqrt(2.0 * g_eff))
-            self.register_buffer("rff_bias", torch.rand(r) * (2.0 * math.pi))
-            features = r
-        self.net = nn.Sequential(nn.Linear(features, h, bias=bias), nn.ReLU(), nn.Linear(h, d, bias=False))
+            rff = _RandomFourierFeatures(c, r, g if g is not None else 1.0 / c)
+            self.net = nn.Sequential(rff, _SpectralNet(r, h, d, bias))
+        else:
+            self.net = _SpectralNet(c, h, d, bias)
+
+    def upgrade_state_dict(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` with the keys of this project's earlier layout renamed to upstream's."""
+        table = _LEGACY_RBF if self.kernel == "rbf" else _LEGACY_LINEAR
+        if not any(k in table for k in state):
+            return dict(state)
+        out = {table.get(k, k): v for k, v in state.items()}
+        if self.kernel == "rbf" and "net.0.z_scale" not in out and "net.0.W" in out:
+            out["net.0.z_scale"] = torch.tensor(math.sqrt(2.0 / out["net.0.W"].shape[1]))
+        return out
 
     def input_ports(self) -> dict[str, Port]:
         return {"data": with_channels(self.INPUTS["data"], self.in_channels)}
@@ -112,19 +184,14 @@ class DeepSVDDProjection(Node):
     def output_ports(self) -> dict[str, Port]:
         return {"embeddings": with_channels(self.OUTPUTS["embeddings"], self.rep_dim, "D")}
 
-    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "rbf":
-            scale = math.sqrt(2.0 / self.rff_weight.shape[1])
-            pixels = scale * torch.cos(pixels @ self.rff_weight + self.rff_bias)
-        return self.net(pixels)
-
     def forward(self, **inputs: Any) -> dict[str, Any]:
         x = check_bhwc(self, "data", require_input(self, inputs, "data"), self.in_channels)
+        _require_state(self)
         pixels = flatten_pixels(x)
-        if self.chunk and not torch.is_grad_enabled() and pixels.shape[0] > self.chunk:
-            out = torch.cat([self._embed(part) for part in torch.split(pixels, self.chunk)])
+        if pixels.shape[0] > self.chunk:
+            out = torch.cat([self.net(part) for part in torch.split(pixels, self.chunk)])
         else:
-            out = self._embed(pixels)
+            out = self.net(pixels)
         return {"embeddings": out.reshape(*x.shape[:3], self.rep_dim)}
 
 
@@ -145,17 +212,27 @@ class DeepSVDDCenterTracker(Node):
     }
     CATEGORY = "model"
     TAGS = ("anomaly", "embedding", "stateful")
-    TRAINABLE_BUFFERS = ("center",)
+    TRAINABLE_BUFFERS = ("_tracked_center",)
     DESCRIPTION = "Deep SVDD centre: mean embedding, tracked by EMA while training."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.anomaly.deep_svdd.DeepSVDDCenterTracker",)
 
-    center: torch.Tensor  # [D] buffer (parameter while unfrozen)
+    _tracked_center: torch.Tensor  # [D] buffer (parameter while unfrozen); upstream's name
 
     def __init__(self, rep_dim: int = 32, alpha: float = 0.1, update_in_eval: bool = False) -> None:
         d = int_param(rep_dim, "rep_dim", minimum=1, maximum=MAX_HIDDEN)
         a = float_param(alpha, "alpha", minimum=0.0, maximum=1.0)
         super().__init__(rep_dim=d, alpha=a, update_in_eval=bool(update_in_eval))
         self.rep_dim, self.alpha, self.update_in_eval = d, a, bool(update_in_eval)
-        self.register_buffer("center", torch.zeros(d))
+        self.register_buffer("_tracked_center", torch.zeros(d))
+
+    @property
+    def center(self) -> torch.Tensor:
+        """The tracked centre (the ``_tracked_center`` buffer)."""
+        return self._tracked_center
+
+    def upgrade_state_dict(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Earlier versions of this project stored the centre as ``center``."""
+        return {("_tracked_center" if k == "center" else k): v for k, v in state.items()}
 
     def input_ports(self) -> dict[str, Port]:
         return {"embeddings": with_channels(self.INPUTS["embeddings"], self.rep_dim, "D")}
@@ -168,7 +245,7 @@ class DeepSVDDCenterTracker(Node):
     def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
         moments = pixel_moments(self, batches, "embeddings", self.rep_dim, minimum=1)
         assert moments.mean is not None
-        copy_into(self, "center", moments.mean)
+        copy_into(self, "_tracked_center", moments.mean)
         self.fitted = True
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
@@ -177,8 +254,9 @@ class DeepSVDDCenterTracker(Node):
         if (self.training or self.update_in_eval) and z.numel() > 0:
             batch_mean = flatten_pixels(z.detach()).mean(dim=0)
             with torch.no_grad():
-                self.center.mul_(1.0 - self.alpha).add_(batch_mean.to(self.center), alpha=self.alpha)
-        center = self.center
+                centre = self._tracked_center
+                centre.mul_(1.0 - self.alpha).add_(batch_mean.to(centre), alpha=self.alpha)
+        center = self._tracked_center
         return {"center": center, "metrics": {"center_norm": torch.linalg.vector_norm(center.detach())}}
 
 
@@ -203,9 +281,15 @@ class DeepSVDDScores(Node):
     CATEGORY = "model"
     TAGS = ("anomaly", "embedding")
     DESCRIPTION = "Squared distance of each embedding to the Deep SVDD centre."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.anomaly.deep_svdd.DeepSVDDScores",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, name: str | None = None) -> None:
+        # Upstream's optional ``name`` is the node's name; the pipeline's node name wins where both exist.
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {name!r}")
+        super().__init__(**({} if name is None else {"name": name}))
+        if name:
+            self.name = name
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         _, dist = _distances(self, inputs)
@@ -225,13 +309,16 @@ class DeepSVDDSoftBoundaryLoss(Node):
 
     INPUTS: ClassVar[dict[str, Port]] = {
         **DeepSVDDScores.INPUTS,
-        "mask": Port("bool", ("B", "H", "W", 1), optional=True, description="True = anomalous pixel"),
+        "mask": Port(
+            "bool", ("B", "H", "W", 1), optional=True, description="True = anomalous pixel", from_batch=False
+        ),
     }
     OUTPUTS: ClassVar[dict[str, Port]] = {"loss": Port("float32", ())}
     CATEGORY = "loss"
     TAGS = ("anomaly", "training", "learnable")
     STAGES = EVAL_STAGES
     DESCRIPTION = "Deep SVDD soft-boundary loss with a learnable radius."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.losses.DeepSVDDSoftBoundaryLoss",)
 
     def __init__(self, nu: float = 0.05, weight: float = 1.0) -> None:
         nu = float_param(nu, "nu", minimum=1e-12, maximum=1.0)

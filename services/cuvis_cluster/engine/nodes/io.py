@@ -38,11 +38,17 @@ class HyperspectralInput(Node):
             "any", ("B", "H", "W"), optional=True, description="class-id mask ([B,H,W] or [B,H,W,1])"
         ),
         "wavelengths": Port("any", ("B", "C"), optional=True, description="band centres in nm, [B,C] or [C]"),
+        "mesu_index": Port("int64", ("B",), optional=True, description="measurement index, passed through"),
+        "class_mask": Port(
+            "any", ("B", "H", "W"), optional=True, description="multi-class ids, passed through as int32"
+        ),
     }
     OUTPUTS: ClassVar[dict[str, Port]] = {
         "cube": Port("float32", ("B", "H", "W", "C")),
         "mask": Port("bool", ("B", "H", "W", 1), optional=True, description="True = anomalous pixel"),
         "wavelengths": Port("float32", ("C",), optional=True),
+        "mesu_index": Port("int64", ("B",), optional=True),
+        "class_mask": Port("int32", ("B", "H", "W", 1), optional=True, description="class ids [B,H,W,1]"),
     }
     CATEGORY = "source"
     TAGS = ("hyperspectral", "preprocessing", "mask")
@@ -87,6 +93,12 @@ class HyperspectralInput(Node):
                     f"has shape {tuple(wavelengths.shape)}, expected [{cube.shape[-1]}] or [B,C]",
                 )
             out["wavelengths"] = wavelengths.to(device=cube.device, dtype=torch.float32)
+        mesu_index = inputs.get("mesu_index")
+        if mesu_index is not None:
+            out["mesu_index"] = mesu_index
+        class_mask = inputs.get("class_mask")
+        if class_mask is not None:
+            out["class_mask"] = class_mask.unsqueeze(-1).to(torch.int32)
         return out
 
     def _anomaly_mask(self, mask: torch.Tensor) -> torch.Tensor:
@@ -104,3 +116,4 @@ class LentilsAnomalyDataNode(HyperspectralInput):
     """Upstream's name for :class:`HyperspectralInput`, so upstream pipeline YAML loads unchanged."""
 
     DESCRIPTION = "Alias of HyperspectralInput (upstream name)."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.data.LentilsAnomalyDataNode", "cuvis_ai.node.data.AnomalyDataNode")

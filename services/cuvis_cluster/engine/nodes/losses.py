@@ -32,6 +32,7 @@ class AnomalyBCEWithLogits(LossNode):
     }
     TAGS = ("anomaly", "training")
     DESCRIPTION = "Binary cross-entropy on logits against the anomaly mask."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.losses.AnomalyBCEWithLogits",)
 
     def __init__(self, weight: float = 1.0, pos_weight: float | None = None, reduction: str = "mean") -> None:
         w = float_param(weight, "weight")
@@ -77,6 +78,7 @@ class SelectorEntropyRegularizer(LossNode):
     INPUTS: ClassVar[dict[str, Port]] = {"weights": WEIGHTS}
     TAGS = ("training", "dim_reduction")
     DESCRIPTION = "Entropy regulariser on the channel-selector weights."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.losses.SelectorEntropyRegularizer",)
 
     def __init__(self, weight: float = 0.01, target_entropy: float | None = None, eps: float = 1e-6) -> None:
         w = float_param(weight, "weight")
@@ -100,11 +102,12 @@ class SelectorEntropyRegularizer(LossNode):
 
 @register
 class SelectorDiversityRegularizer(LossNode):
-    """``weight · (-var(w))`` (unbiased variance): minimising it pushes the weights apart."""
+    """``weight · (-var(w))`` (population variance, as upstream): minimising it pushes the weights apart."""
 
     INPUTS: ClassVar[dict[str, Port]] = {"weights": WEIGHTS}
     TAGS = ("training", "dim_reduction")
     DESCRIPTION = "Diversity regulariser on the channel-selector weights."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.losses.SelectorDiversityRegularizer",)
 
     def __init__(self, weight: float = 0.01) -> None:
         w = float_param(weight, "weight")
@@ -113,5 +116,5 @@ class SelectorDiversityRegularizer(LossNode):
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         w = _weights(self, inputs)
-        var = w.var() if w.numel() > 1 else w.sum() * 0.0
+        var = w.var(correction=0)  # population variance, as upstream (0 for one weight)
         return {"loss": self.weight * (-var)}

@@ -32,7 +32,8 @@ class MinMaxNormalizer(Node):
     With ``use_running_stats`` (default) ``min``/``max`` are one global scalar pair over every pixel and
     channel of the train split, fitted by streaming over its batches (buffers ``running_min`` and
     ``running_max``). Without running stats every sample is scaled by its own min and max and nothing
-    needs fitting.
+    needs fitting. ``max_initialization_frames`` (upstream's hparam) caps the fit at that many frames
+    (images along the batch dim): the batch that crosses the cap is cut, later batches are not read.
     """
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
@@ -41,14 +42,23 @@ class MinMaxNormalizer(Node):
     TAGS = ("hyperspectral", "normalization", "preprocessing")
     TRAINABLE_BUFFERS = ("running_min", "running_max")
     DESCRIPTION = "Min-max scaling with a global running min/max fitted on the train split."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.normalization.MinMaxNormalizer",)
 
     running_min: torch.Tensor  # 0-d buffers (parameters while unfrozen)
     running_max: torch.Tensor
 
-    def __init__(self, eps: float = 1e-6, use_running_stats: bool = True) -> None:
+    def __init__(
+        self, eps: float = 1e-6, use_running_stats: bool = True, max_initialization_frames: int | None = None
+    ) -> None:
         eps = float_param(eps, "eps", minimum=0.0)
-        super().__init__(eps=eps, use_running_stats=bool(use_running_stats))
+        cap = (
+            None
+            if max_initialization_frames is None
+            else int_param(max_initialization_frames, "max_initialization_frames", minimum=1)
+        )
+        super().__init__(eps=eps, use_running_stats=bool(use_running_stats), max_initialization_frames=cap)
         self.eps = eps
+        self.max_initialization_frames = cap
         self.use_running_stats = bool(use_running_stats)
         self.register_buffer("running_min", torch.tensor(0.0))
         self.register_buffer("running_max", torch.tensor(1.0))
@@ -60,13 +70,18 @@ class MinMaxNormalizer(Node):
             return
         lo: torch.Tensor | None = None
         hi: torch.Tensor | None = None
+        cap, seen = self.max_initialization_frames, 0
         for x in iter_port(self, batches, "data"):
             x = check_bhwc(self, "data", x)
-            if x.numel() == 0:
-                continue
-            b_lo, b_hi = torch.aminmax(x.detach())
-            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
-            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+            if cap is not None:
+                x = x[: cap - seen]
+                seen += x.shape[0]
+            if x.numel() > 0:
+                b_lo, b_hi = torch.aminmax(x.detach())
+                lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+                hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+            if cap is not None and seen >= cap:
+                break
         if lo is None or hi is None:
             raise FailedPrecondition(f"{node_label(self)}: the train split produced no data to fit on")
         copy_into(self, "running_min", lo)
@@ -87,10 +102,13 @@ class MinMaxNormalizer(Node):
 
 @register
 class ZScoreNormalizerGlobal(Node):
-    """Per-channel ``(x - mean_c) / (std_c + eps)`` with mean and std fitted over the train split.
+    """Per-channel ``(x - mean_c) / zscore_std_c`` with mean and std fitted over the train split.
 
-    The std is the sample standard deviation (ddof=1), accumulated in float64 by streaming moments.
-    Unknown keyword params (upstream's YAML passes ``hidden``) are accepted and ignored.
+    As upstream, the stored ``zscore_std`` already includes ``eps`` (``std_c + eps``, std the sample
+    standard deviation, ddof=1, accumulated in float64 by streaming moments), so an upstream weights file
+    gives upstream's outputs. Upstream's shipped YAML passes an unused ``hidden``; upstream's class takes
+    any extra keyword (``**kwargs``) and so does this one: extra keywords are kept in the hparams and have
+    no effect, exactly as upstream.
     Bounds: ``1 <= num_channels <= 4096`` (``MAX_CHANNELS``).
     """
 
@@ -100,6 +118,7 @@ class ZScoreNormalizerGlobal(Node):
     TAGS = ("hyperspectral", "normalization", "preprocessing")
     TRAINABLE_BUFFERS = ("zscore_mean", "zscore_std")
     DESCRIPTION = "Per-channel z-score with mean/std fitted on the train split."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.anomaly.deep_svdd.ZScoreNormalizerGlobal",)
 
     zscore_mean: torch.Tensor  # [C] buffers (parameters while unfrozen)
     zscore_std: torch.Tensor
@@ -123,24 +142,26 @@ class ZScoreNormalizerGlobal(Node):
         moments = pixel_moments(self, batches, "data", self.num_channels)
         assert moments.mean is not None
         copy_into(self, "zscore_mean", moments.mean)
-        copy_into(self, "zscore_std", moments.variance(ddof=1).sqrt())
+        copy_into(self, "zscore_std", moments.variance(ddof=1).sqrt() + self.eps)
         self.fitted = True
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         x = check_bhwc(self, "data", require_input(self, inputs, "data"), self.num_channels)
         self.require_fitted()
-        return {"normalized": (x - self.zscore_mean) / (self.zscore_std + self.eps)}
+        return {"normalized": (x - self.zscore_mean) / self.zscore_std}
 
 
 @register
 class PerPixelUnitNorm(Node):
-    """Per pixel: subtract the spectrum's mean over channels, then divide by the L2 norm of the result."""
+    """Per pixel: subtract the spectrum's mean over channels, then divide by the L2 norm of the result
+    (floored at ``eps``, as upstream)."""
 
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", BHWC)}
     OUTPUTS: ClassVar[dict[str, Port]] = {"normalized": Port("float32", BHWC)}
     CATEGORY = "transform"
     TAGS = ("hyperspectral", "normalization", "preprocessing")
     DESCRIPTION = "Centres each spectrum and scales it to unit L2 norm."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.normalization.PerPixelUnitNorm",)
 
     def __init__(self, eps: float = 1e-8) -> None:
         eps = float_param(eps, "eps", minimum=0.0)
@@ -151,4 +172,4 @@ class PerPixelUnitNorm(Node):
         x = check_bhwc(self, "data", require_input(self, inputs, "data"))
         centred = x - x.mean(dim=-1, keepdim=True)
         norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)
-        return {"normalized": centred / (norm + self.eps)}
+        return {"normalized": centred / norm.clamp_min(self.eps)}  # upstream's floor, not norm + eps

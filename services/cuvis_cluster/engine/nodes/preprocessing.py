@@ -25,6 +25,7 @@ class BandpassByWavelength(Node):
     CATEGORY = "transform"
     TAGS = ("hyperspectral", "preprocessing")
     DESCRIPTION = "Keeps the bands inside a wavelength window."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.preprocessors.BandpassByWavelength",)
 
     def __init__(self, min_wavelength_nm: float, max_wavelength_nm: float | None = None) -> None:
         lo = float(min_wavelength_nm)

@@ -30,8 +30,9 @@ class SoftChannelSelector(Node):
     The channel count is kept (unselected channels are scaled towards 0), and ``sum(w) == n_select``. With
     ``hard=True`` the module uses exact top-``n_select`` 0/1 weights in eval mode. The temperature follows
     ``T = max(temperature_min, temperature_init · temperature_decay^epoch)`` through :meth:`on_epoch_start`;
-    it is a persistent buffer so a reloaded model reproduces the trained weights. ``init_method='variance'``
-    sets ``logits = log(var_c + eps)`` from the train split (statistical init); ``'uniform'`` starts at 0.
+    as upstream, it is a plain attribute (not state): a reloaded node starts again at ``temperature_init``.
+    ``init_method='variance'`` sets ``logits = log(var_c + eps)`` from the train split (statistical
+    init); ``'uniform'`` starts at 0.
     Bounds: ``1 <= n_select <= input_channels <= 4096`` (``MAX_CHANNELS``).
     """
 
@@ -44,9 +45,9 @@ class SoftChannelSelector(Node):
     TAGS = ("hyperspectral", "dim_reduction", "differentiable", "learnable")
     TRAINABLE_BUFFERS = ("channel_logits",)
     DESCRIPTION = "Soft (temperature-softmax) channel selection with a learnable logit per band."
+    UPSTREAM_CLASSES = ("cuvis_ai.node.channel_selector.SoftChannelSelector",)
 
     channel_logits: torch.Tensor  # buffer, or parameter while unfrozen
-    temperature: torch.Tensor  # 0-d buffer
 
     def __init__(
         self,
@@ -83,7 +84,7 @@ class SoftChannelSelector(Node):
         self.temperature_init, self.temperature_min, self.temperature_decay = t_init, t_min, decay
         self.hard, self.eps = bool(hard), eps
         self.register_buffer("channel_logits", torch.zeros(channels))
-        self.register_buffer("temperature", torch.tensor(t_init))
+        self.temperature = t_init
         self.fitted = init_method == "uniform"
 
     def input_ports(self) -> dict[str, Port]:
@@ -95,14 +96,17 @@ class SoftChannelSelector(Node):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
     ):
-        # Checkpoints without a stored temperature (upstream's) keep the current one.
-        before = len(missing_keys)
+        # Files of earlier versions stored the temperature as a 0-d tensor: adopt it, it is not state.
+        key = prefix + "temperature"
+        value = state_dict.get(key)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs
         )
-        key = prefix + "temperature"
-        if key in missing_keys[before:]:
-            missing_keys.remove(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            self.temperature = float(value)
+            unexpected = args[0] if args else kwargs.get("unexpected_keys")
+            if isinstance(unexpected, list) and key in unexpected:
+                unexpected.remove(key)
 
     def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
         if self.init_method != "variance":
@@ -116,8 +120,7 @@ class SoftChannelSelector(Node):
         return max(self.temperature_min, self.temperature_init * self.temperature_decay ** max(int(epoch), 0))
 
     def on_epoch_start(self, epoch: int) -> None:
-        with torch.no_grad():
-            self.temperature.fill_(self.temperature_at(epoch))
+        self.temperature = self.temperature_at(epoch)
 
     def channel_weights(self) -> torch.Tensor:
         if self.hard and not self.training:
