@@ -83,9 +83,13 @@ class ProgressCallback(pl.Callback):
         train_frames: int,
         val_frames: int,
         logger: MemoryLogger | None = None,
+        start_message: str = "Gradient training",
+        start_epoch: int = 0,
     ) -> None:
         super().__init__()
         self._emit = emit
+        self.start_message = start_message
+        self.start_epoch = start_epoch
         self._check_cancelled = check_cancelled
         self.max_epochs = max_epochs
         self.train_frames = train_frames
@@ -140,7 +144,11 @@ class ProgressCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._emit(
             self._event(
-                trainer, "train", hook="fit_start", epochs=(0, self.max_epochs), message="Gradient training"
+                trainer,
+                "train",
+                hook="fit_start",
+                epochs=(self.start_epoch, self.max_epochs),
+                message=self.start_message,
             )
         )
 

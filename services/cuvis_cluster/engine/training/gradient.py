@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from cuvis_cluster.engine import schemas
+from cuvis_cluster.engine import checkpoints, schemas
 from cuvis_cluster.engine.training import registry
 from cuvis_cluster.engine.training.callbacks import MemoryLogger, ProgressCallback
 from cuvis_cluster.engine.training.lightning_module import PipelineModule, metric_ports
@@ -35,6 +35,8 @@ from cuvis_cluster.engine.training.post_fit import evaluate_split, restore_best
 from cuvis_cluster.engine.training.run import RunCancelled, TrainContext
 from cuvis_cluster.engine.types import EvaluationOutcome, ProgressEvent
 from cuvis_cluster.errors import CuvisError, FailedPrecondition, InvalidArgument, PermissionDenied
+
+log = logging.getLogger(__name__)
 
 # A server must not chat: Lightning's info lines ("GPU available...", "Seed set to...") and its hints
 # about dataloader workers are meant for notebooks.
@@ -275,6 +277,54 @@ def build_trainer(
     )
 
 
+@dataclass
+class Resume:
+    """How this run starts with respect to the checkpoint the session's weights came from."""
+
+    ckpt_path: str | None = None  # handed to Trainer.fit: optimizer, scheduler, loops, callbacks
+    payload: dict[str, Any] = field(default_factory=dict)  # written to ckpt_path just before fit
+    start_epoch: int = 0
+    start_step: int = 0
+    message: str = "Gradient training"
+
+
+def plan_resume(ctx: TrainContext, plan: GradientPlan, module: PipelineModule) -> Resume:
+    """Resume from the remembered checkpoint when its optimizer state fits this run (see
+    :func:`cuvis_cluster.engine.checkpoints.resume_problem`); otherwise train on from its weights."""
+    source = checkpoints.remembered(ctx.pipeline)
+    if source is None:
+        return Resume()
+    cfg = plan.training
+    scheduler = cfg.scheduler.name if cfg.scheduler is not None else ""
+    problem = checkpoints.resume_problem(source, module.trainable_names(), cfg.optimizer.name, scheduler)
+    if problem:
+        message = (
+            f"Gradient training from the weights of {source.describe()}; "
+            f"optimizer state and epoch counter not resumed: {problem}"
+        )
+        log.info("%s", message)
+        return Resume(message=message)
+    done = source.epochs_done
+    if done >= cfg.trainer.max_epochs:
+        raise InvalidArgument(
+            f"training.trainer.max_epochs: the run resumes from {source.describe()}, which finished "
+            f"{done} epoch(s); max_epochs counts every epoch, the resumed ones included "
+            f"(it is {cfg.trainer.max_epochs}): set it above {done}",
+            field="training.trainer.max_epochs",
+        )
+    session_part = _safe_component(str(getattr(ctx.session, "id", "session")))
+    path = output_path(ctx, f"lightning/{session_part}/resume.ckpt", "output_dir")
+    message = f"Gradient training resumed from epoch {done} of {source.describe()}"
+    log.info("%s", message)
+    return Resume(
+        ckpt_path=str(path),
+        payload=dict(source.payload or {}),
+        start_epoch=done,
+        start_step=max(source.global_step, 0),
+        message=message,
+    )
+
+
 def run_gradient(ctx: TrainContext) -> ProgressEvent:
     pipeline = ctx.pipeline
     plan = make_plan(ctx)
@@ -318,6 +368,7 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
         module = PipelineModule(
             pipeline, plan.loss_nodes, plan.metric_nodes, cfg, steps_per_epoch=len(train_loader)
         )
+        resume = plan_resume(ctx, plan, module)
         logger = MemoryLogger()
         progress = ProgressCallback(
             ctx.emit,
@@ -326,6 +377,8 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
             train_frames=len(train_ids),
             val_frames=len(val_ids),
             logger=logger,
+            start_message=resume.message,
+            start_epoch=resume.start_epoch,
         )
         ckpt_dir = cfg.callbacks.checkpoint.dirpath if cfg.callbacks.checkpoint else None
         default_ckpt = f"{plan.output_dir or 'checkpoints'}/{_safe_component(str(ctx.session.id))}"
@@ -337,7 +390,16 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
         ctx.state["trainer"] = trainer
         pipeline.train()  # Lightning keeps the module's mode; nodes may behave differently in training
         try:
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            if resume.ckpt_path:
+                Path(resume.ckpt_path).parent.mkdir(parents=True, exist_ok=True)
+                torch.save(resume.payload, resume.ckpt_path)
+            trainer.fit(
+                module,
+                train_dataloaders=train_loader,
+                val_dataloaders=val_loader,
+                ckpt_path=resume.ckpt_path,
+                weights_only=True,
+            )
         except (RunCancelled, CuvisError):
             raise
         except Exception as exc:
@@ -347,6 +409,11 @@ def run_gradient(ctx: TrainContext) -> ProgressEvent:
             raise
         finally:
             pipeline.to_device(device)
+            if resume.ckpt_path:
+                Path(resume.ckpt_path).unlink(missing_ok=True)
+            if trainer.global_step != resume.start_step:
+                # the weights moved on from the checkpoint: a later run starts its own optimizer state
+                checkpoints.remember(pipeline, None)
         ctx.check_cancelled()
 
         checkpoint_cb = next((c for c in user_callbacks if isinstance(c, ModelCheckpoint)), None)

@@ -4,7 +4,11 @@
   ``loss`` outputs (the train run's ``loss_nodes``); it logs ``train_loss`` and ``train/<loss node>``;
 * ``validation_step`` runs the VAL stage and logs ``val_loss``, ``val/<loss node>`` and every metric node's
   values as ``<metric node>/<metric>`` (the names EarlyStopping/ModelCheckpoint monitors use);
-* optimizer and scheduler come from :mod:`.registry` (the same entries GetTrainingCapabilities lists).
+* optimizer and scheduler come from :mod:`.registry` (the same entries GetTrainingCapabilities lists);
+* checkpoints carry a ``cuvis_cluster`` entry (node names, trainable parameters, optimizer, scheduler)
+  that :mod:`cuvis_cluster.engine.checkpoints` reads to decide whether a later run can resume from them;
+  resuming keeps the session's current weights (loaded from that checkpoint, maybe changed since) and
+  takes only the optimizer, scheduler, loop and callback states from the file.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from cuvis_cluster.engine import schemas
+from cuvis_cluster.engine import checkpoints, schemas
 from cuvis_cluster.engine.nodes.base import Node, Stage
 from cuvis_cluster.engine.training import registry
 from cuvis_cluster.errors import InvalidArgument
@@ -113,6 +117,27 @@ class PipelineModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         for node in self.pipeline.nodes.values():
             node.on_epoch_start(self.current_epoch)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def trainable_names(self) -> list[str]:
+        return [name for name, p in self.pipeline.named_parameters() if p.requires_grad]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        scheduler = self.training_config.scheduler
+        checkpoint[checkpoints.OURS_ENTRY] = {
+            "format": checkpoints.FORMAT,
+            "nodes": list(self.pipeline.nodes),
+            "trainable": self.trainable_names(),
+            "optimizer": str(self.training_config.optimizer.name),
+            "scheduler": str(scheduler.name) if scheduler is not None else "",
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming (Trainer.fit(ckpt_path=...)): the session's weights were loaded from this checkpoint
+        # (through the nodes' own load_state_dict) and may have changed since (statistical re-fit); they
+        # win over the file's copy, so Lightning loads no model state, only the training state.
+        checkpoint["state_dict"] = {}
+        self.strict_loading = False
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.pipeline.parameters() if p.requires_grad]
