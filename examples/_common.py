@@ -58,6 +58,12 @@ def data_overrides(size: int, frames: int = 8) -> list[str]:
     ]
 
 
+def split_ids(data_config: dict, stage: str) -> list[int]:
+    """The frame ids of a split in a resolved (canonical) data config: its ``dir_indices`` selectors."""
+    splits = data_config.get("splits") or {}
+    return [int(i) for sel in splits.get(stage) or [] if sel.get("kind") == "dir_indices" for i in sel["ids"]]
+
+
 def _local_cluster_class():
     try:
         from cuvis_cluster.localcluster.supervisor import LocalCluster

@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import anomaly_truth, connected, data_overrides, parser, roc_auc, run_training, synthetic_frames
+from _common import (
+    anomaly_truth,
+    connected,
+    data_overrides,
+    parser,
+    roc_auc,
+    run_training,
+    split_ids,
+    synthetic_frames,
+)
 
 from cuvis_cluster.client import pictures
 
@@ -37,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"session {session.id}")
             overrides = data_overrides(args.size)
             config = session.resolve_trainrun(args.trainrun, overrides)
-            nodes = [n["name"] for n in config["pipeline"]["nodes"]]
-            print(f"1. resolved trainrun/{args.trainrun}: pipeline {' -> '.join(nodes)}")
+            # canonical: the pipeline is referenced by path (the worker wrote the resolved pipeline there)
+            print(f"1. resolved trainrun/{args.trainrun}: pipeline {config['pipeline']}")
 
             applied = session.apply_trainrun(config)
             print(f"2. applied (pipeline built from the config: {applied.pipeline_from_config}); training")
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"3. saved pipeline {pipeline.pipeline_path} (+ {Path(pipeline.weights_path).name})")
             print(f"   saved train run {run.trainrun_path}")
 
-            test_ids = [int(i) for i in config["data"].get("test_ids") or [0]]
+            test_ids = split_ids(config["data"], "test") or [0]
             frames = synthetic_frames(
                 test_ids[:1], args.size, seed=int(config["data"]["params"].get("seed", 0))
             )

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = [
         *data_overrides(args.size, frames=6),
-        "training.trainer.max_epochs=1000",
+        "training.max_epochs=1000",
         "training.optimizer.lr=0.05",
     ]
 

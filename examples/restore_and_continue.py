@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs to continue for")
     p.add_argument("--save-as", default="restore_example/run", help="server path stem of the saved run")
     args = p.parse_args(argv)
-    overrides = [*data_overrides(args.size, frames=6), f"training.trainer.max_epochs={args.epochs}"]
+    overrides = [*data_overrides(args.size, frames=6), f"training.max_epochs={args.epochs}"]
     frames = synthetic_frames([5], args.size)
 
     with connected(args) as client:

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import sys
 
-from _common import anomaly_truth, connected, data_overrides, parser, roc_auc, run_training, synthetic_frames
+from _common import (
+    anomaly_truth,
+    connected,
+    data_overrides,
+    parser,
+    roc_auc,
+    run_training,
+    split_ids,
+    synthetic_frames,
+)
 
 from cuvis_cluster.client import format_progress
 from cuvis_cluster.client.pictures import frame2d
@@ -25,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with connected(args) as client, client.create_session() as session:
         config = session.configure_trainrun("rx_statistical", overrides)
-        print(f"train run {config['name']}: train frames {config['data']['train_ids']}, batch size 4")
+        print(f"train run {config['name']}: train frames {split_ids(config['data'], 'train')}, batch size 4")
         stream = run_training(session, "statistical", verbose=args.verbose)
         status = session.train_status()
         print(f"GetTrainStatus: {format_progress(status)}")
@@ -34,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
         outputs = session.outputs()
         print(f"pipeline outputs: {', '.join(sorted(outputs))}")
-        test_ids = [int(i) for i in config["data"]["test_ids"]]
+        test_ids = split_ids(config["data"], "test")
         frames = synthetic_frames(test_ids, args.size)
         result = session.infer(frames["cube"], frames["wavelengths"], output_specs=["scores", "decisions"])
         name, scores = result.scores()

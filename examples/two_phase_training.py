@@ -20,12 +20,12 @@ from cuvis_cluster.client import format_progress, pb
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[1])
     p.add_argument("--trainrun", default="channel_selector", help="train run with loss nodes")
-    p.add_argument("--epochs", type=int, default=2, help="training.trainer.max_epochs")
+    p.add_argument("--epochs", type=int, default=2, help="training.max_epochs")
     p.add_argument("--lr", type=float, default=0.005, help="training.optimizer.lr")
     args = p.parse_args(argv)
     overrides = [
         *data_overrides(args.size, frames=6),
-        f"training.trainer.max_epochs={args.epochs}",
+        f"training.max_epochs={args.epochs}",
         f"training.optimizer.lr={args.lr}",
     ]
 

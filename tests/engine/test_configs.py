@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cuvis_cluster.engine import configs, schemas
 from cuvis_cluster.engine.nodes.base import NodeRegistry
@@ -17,29 +19,38 @@ from cuvis_cluster.errors import InvalidArgument, NotFound, PermissionDenied
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
+OUT = Path(tempfile.mkdtemp(prefix="resolved-"))  # the output root the resolved pipelines go to
 
 
 def resolve(kind: str, path: str, overrides: list[str] | None = None, search: list[Path] | None = None):
     search = search or [CONFIGS]
-    return configs.resolve(kind, path, overrides or [], search, [CONFIGS, *search])
+    return configs.resolve(kind, path, overrides or [], search, [CONFIGS, *search, OUT], output_dir=OUT)
 
 
-def _get(data: dict, dotted: str):
+def _get(data, dotted: str):
     for part in dotted.split("."):
-        data = data[part]
+        data = data[int(part)] if isinstance(data, list) else data[part]
     return data
+
+
+def _pipeline(resolved_trainrun: dict) -> dict:
+    """The canonical pipeline a resolved trainrun references (written under the output root)."""
+    ref = Path(resolved_trainrun["pipeline"])
+    assert ref.is_absolute() and ref.is_relative_to(OUT / "resolved")
+    return yaml.safe_load(ref.read_text())
 
 
 # -- the documented override paths --------------------------------------------------------------------
 DOCUMENTED = [
-    ("training.trainer.max_epochs=50", "training.trainer.max_epochs", 50),
+    ("training.trainer.max_epochs=50", "training.max_epochs", 50),
+    ("training.max_epochs=50", "training.max_epochs", 50),
     ("training.optimizer.lr=0.0005", "training.optimizer.lr", 0.0005),
     ("training.optimizer.weight_decay=0.005", "training.optimizer.weight_decay", 0.005),
     ("training.scheduler.patience=10", "training.scheduler.patience", 10),
     ("training.seed=42", "training.seed", 42),
     ("data.batch_size=16", "data.batch_size", 16),
-    ("data.train_ids=[0,1,2]", "data.train_ids", [0, 1, 2]),
-    ("data.val_ids=[3,4]", "data.val_ids", [3, 4]),
+    ("data.train_ids=[0,1,2]", "data.splits.train.0.ids", [0, 1, 2]),
+    ("data.val_ids=[3,4]", "data.splits.val.0.ids", [3, 4]),
 ]
 
 
@@ -63,12 +74,13 @@ def test_trainrun_composes_data_training_and_inlines_pipeline():
     resolved = resolve("trainrun", "trainrun/deep_svdd")
     assert resolved["name"] == "deep_svdd"
     assert resolved["data"]["data_module"] == "lentils_synthetic"
-    assert resolved["data"]["test_ids"] == [9, 10, 11]
-    assert resolved["training"]["trainer"]["max_epochs"] == 20  # trainrun value wins over training/default
+    assert resolved["data"]["splits"]["test"] == [
+        {"kind": "dir_indices", "ids": [9, 10, 11], "paths": [], "stems": [], "any_of": [], "of": []}
+    ]
+    assert resolved["training"]["max_epochs"] == 20  # trainrun value wins over training/default
     assert resolved["training"]["optimizer"]["name"] == "adam"
     assert resolved["loss_nodes"] == ["deepsvdd_loss"]
-    pipeline = resolved["pipeline"]
-    assert isinstance(pipeline, dict), "the returned JSON must be self-contained"
+    pipeline = _pipeline(resolved)  # referenced by path, as the published TrainRunConfig requires
     assert [n["name"] for n in pipeline["nodes"]][:3] == ["data", "bandpass", "unit_norm"]
     json.dumps(resolved)  # JSON-able
 
@@ -78,8 +90,8 @@ def test_shipped_pipelines_resolve_and_build(name):
     resolved = resolve("pipeline", f"pipeline/{name}")
     pipeline = Pipeline.from_config(resolved, NodeRegistry())
     assert pipeline.order[0] == "data"
-    # the trainrun inlines the very same pipeline
-    assert resolve("trainrun", name)["pipeline"] == resolved
+    # the trainrun references the very same pipeline
+    assert _pipeline(resolve("trainrun", name)) == resolved
 
 
 def test_training_and_data_configs_resolve_with_and_without_type_prefix():
@@ -92,10 +104,12 @@ def test_training_and_data_configs_resolve_with_and_without_type_prefix():
     assert data["batch_size"] == 4 and data["params"]["height"] == 32
 
 
-def test_upstream_flat_trainer_keys_map_under_trainer():
+def test_flat_and_nested_trainer_keys_both_land_on_the_flat_key():
     resolved = resolve("trainrun", "rx_statistical", ["max_epochs=3", "seed=123", "training.max_epochs=4"])
     assert resolved["training"]["seed"] == 123
-    assert resolved["training"]["trainer"]["max_epochs"] == 4  # the later override wins
+    assert resolved["training"]["max_epochs"] == 4  # the later override wins
+    resolved = resolve("trainrun", "rx_statistical", ["training.trainer.max_epochs=6"])
+    assert resolved["training"]["max_epochs"] == 6 and "trainer" not in resolved["training"]
 
 
 # -- name-addressed node overrides ----------------------------------------------------------------------
@@ -105,26 +119,27 @@ def _node(resolved_pipeline: dict, name: str) -> dict:
 
 @pytest.mark.parametrize("spelling", ["params", "hparams"])
 def test_name_addressed_node_override_changes_the_param(spelling):
-    base = resolve("trainrun", "rx_statistical")
-    assert _node(base["pipeline"], "rx_detector")["params"]["eps"] == pytest.approx(1e-6)
+    base = _pipeline(resolve("trainrun", "rx_statistical"))
+    assert _node(base, "rx_detector")["hparams"]["eps"] == pytest.approx(1e-6)
     resolved = resolve("trainrun", "rx_statistical", [f"pipeline.nodes.rx_detector.{spelling}.eps=0.001"])
-    assert _node(resolved["pipeline"], "rx_detector")["params"]["eps"] == pytest.approx(0.001)
+    pipeline = _pipeline(resolved)
+    assert _node(pipeline, "rx_detector")["hparams"]["eps"] == pytest.approx(0.001)
     # only that node changed
-    others = [n for n in resolved["pipeline"]["nodes"] if n["name"] != "rx_detector"]
-    assert others == [n for n in base["pipeline"]["nodes"] if n["name"] != "rx_detector"]
+    others = [n for n in pipeline["nodes"] if n["name"] != "rx_detector"]
+    assert others == [n for n in base["nodes"] if n["name"] != "rx_detector"]
 
 
 def test_name_addressed_override_adds_a_param_the_yaml_does_not_set():
     resolved = resolve(
         "trainrun", "rx_statistical", ["pipeline.nodes.rx_detector.params.cache_inverse=false"]
     )
-    assert _node(resolved["pipeline"], "rx_detector")["params"]["cache_inverse"] is False
+    assert _node(_pipeline(resolved), "rx_detector")["hparams"]["cache_inverse"] is False
 
 
 def test_name_addressed_override_on_a_pipeline_config():
     for override in ("pipeline.nodes.decider.params.threshold=0.7", "nodes.decider.params.threshold=0.7"):
         resolved = resolve("pipeline", "rx_statistical", [override])
-        assert _node(resolved, "decider")["params"]["threshold"] == pytest.approx(0.7)
+        assert _node(resolved, "decider")["hparams"]["threshold"] == pytest.approx(0.7)
 
 
 def test_unknown_node_name_lists_the_nodes():
@@ -137,7 +152,7 @@ def test_unknown_node_name_lists_the_nodes():
 def test_index_addressed_node_override_still_works():
     resolved = resolve("pipeline", "rx_statistical", ["nodes.4.params.threshold=0.9"])
     assert resolved["nodes"][4]["name"] == "decider"
-    assert resolved["nodes"][4]["params"]["threshold"] == pytest.approx(0.9)
+    assert resolved["nodes"][4]["hparams"]["threshold"] == pytest.approx(0.9)
 
 
 # -- file lookup and path references --------------------------------------------------------------------
@@ -164,11 +179,12 @@ def test_trainrun_pipeline_path_reference_is_inlined_with_overrides(tmp_path):
         "name: tiny_run\npipeline: ../pipeline/tiny.yaml\ndata: {batch_size: 1}\n",
     )
     resolved = resolve("trainrun", "trainrun/tiny_run", ["pipeline.nodes.norm.params.eps=0.5"], [tmp_path])
-    pipeline = resolved["pipeline"]
-    assert _node(pipeline, "norm")["params"]["eps"] == 0.5
-    # upstream spellings are normalised
-    assert pipeline["nodes"][0]["type"] == "cuvis.HyperspectralInput"
-    assert pipeline["connections"] == [{"source": "data.cube", "target": "norm.data"}]
+    pipeline = _pipeline(resolved)
+    assert _node(pipeline, "norm")["hparams"]["eps"] == 0.5
+    # both spellings come out canonical: full class names, hparams, node.outputs.port / node.inputs.port
+    assert pipeline["nodes"][0]["class_name"] == "cuvis.HyperspectralInput"
+    assert pipeline["nodes"][1]["class_name"] == "cuvis_ai.node.normalization.MinMaxNormalizer"
+    assert pipeline["connections"] == [{"source": "data.outputs.cube", "target": "norm.inputs.data"}]
 
 
 def test_first_matching_search_path_wins(tmp_path):
@@ -187,7 +203,7 @@ def test_group_directory_as_search_path_keeps_cross_group_defaults():
 
 def test_deletion_override_is_applied_once():
     resolved = resolve("trainrun", "channel_selector", ["~training.scheduler"])
-    assert resolved["training"]["scheduler"] is None
+    assert resolved["training"].get("scheduler") is None
 
 
 def test_eight_concurrent_threads_with_different_search_paths(tmp_path):
@@ -232,7 +248,7 @@ def test_invalid_result_names_the_field_path():
         resolve("trainrun", "rx_statistical", ["training.optimizer.name=rmsprop"])
     assert "training.optimizer.name" in str(info.value)
     with pytest.raises(InvalidArgument) as info:
-        resolve("trainrun", "rx_statistical", ["training.trainer.max_epochs=0"])
+        resolve("trainrun", "rx_statistical", ["training.max_epochs=0"])
     assert "training.trainer.max_epochs" in str(info.value)
 
 

@@ -133,7 +133,7 @@ def test_non_utf8_config_bytes_are_invalid_argument(engine):
 def _with_param(name: str, node: str, param: str, value: Any) -> dict[str, Any]:
     cfg = copy.deepcopy(pipeline_config(name))
     entry = next(n for n in cfg["nodes"] if n["name"] == node)
-    entry["params"][param] = value
+    entry["hparams"][param] = value
     return cfg
 
 
@@ -183,7 +183,8 @@ class _Hungry(Node):
 def test_allocation_failure_while_building_is_resource_exhausted():
     registry = NodeRegistry()
     registry.add(_Hungry, "test")
-    cfg = {"metadata": {"name": "hungry"}, "nodes": [{"name": "greedy", "type": "_Hungry", "params": {}}]}
+    hungry = f"{_Hungry.__module__}.{_Hungry.__qualname__}"
+    cfg = {"metadata": {"name": "hungry"}, "nodes": [{"name": "greedy", "class_name": hungry, "hparams": {}}]}
     with pytest.raises(ResourceExhausted) as info:
         Pipeline.from_config(cfg, registry)
     assert "greedy" in info.value.message and "memory" in info.value.message

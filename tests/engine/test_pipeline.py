@@ -42,6 +42,13 @@ def fitted_rx() -> Pipeline:
     return pipeline
 
 
+HSI = "cuvis_cluster.engine.nodes.io.HyperspectralInput"
+
+
+def _full(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # -- toy nodes (added to a private registry, never to the built-in catalogue) ---------------------------
 class Passthrough(Node):
     INPUTS: ClassVar[dict[str, Port]] = {"data": Port("float32", ("B", "H", "W", "C"))}
@@ -84,7 +91,7 @@ def toy_registry() -> NodeRegistry:
 # -- validation -----------------------------------------------------------------------------------------
 def test_unknown_node_type_names_the_node():
     config = rx_config()
-    config["nodes"][2]["type"] = "RXGlobalTypo"
+    config["nodes"][2]["class_name"] = "RXGlobalTypo"
     with pytest.raises(InvalidArgument) as info:
         build(config)
     assert "rx_detector" in str(info.value) and "RXGlobalTypo" in str(info.value)
@@ -116,7 +123,7 @@ def test_unknown_node_in_connection():
 
 def test_dtype_mismatch_names_both_ends():
     config = rx_config()
-    config["connections"] = [c for c in config["connections"] if c["target"] != "heatmap.scores"]
+    config["connections"] = [c for c in config["connections"] if c["target"] != "heatmap.inputs.scores"]
     config["connections"].append({"source": "decider.decisions", "target": "heatmap.scores"})
     with pytest.raises(InvalidArgument) as info:
         build(config)
@@ -136,7 +143,7 @@ def test_rank_mismatch_is_refused():
 def test_fixed_size_mismatch_is_refused():
     config = yaml.safe_load((REPO / "configs" / "pipeline" / "deep_svdd.yaml").read_text())
     projection = next(n for n in config["nodes"] if n["name"] == "center")
-    projection["params"]["rep_dim"] = 16  # projection emits 32-dim embeddings
+    projection["hparams"]["rep_dim"] = 16  # projection emits 32-dim embeddings
     with pytest.raises(InvalidArgument) as info:
         build(config)
     assert "center" in str(info.value)
@@ -145,16 +152,16 @@ def test_fixed_size_mismatch_is_refused():
 def test_cycle_is_refused_and_named():
     config = {
         "nodes": [
-            {"name": "src", "type": "HyperspectralInput"},
-            {"name": "a", "type": "Mixer"},
-            {"name": "b", "type": "Passthrough"},
-            {"name": "c", "type": "Passthrough"},
+            {"name": "src", "class_name": HSI},
+            {"name": "a", "class_name": _full(Mixer)},
+            {"name": "b", "class_name": _full(Passthrough)},
+            {"name": "c", "class_name": _full(Passthrough)},
         ],
         "connections": [
-            {"source": "src.cube", "target": "a.data"},
-            {"source": "a.data", "target": "b.data"},
-            {"source": "b.data", "target": "c.data"},
-            {"source": "c.data", "target": "a.feedback"},
+            {"source": "src.outputs.cube", "target": "a.inputs.data"},
+            {"source": "a.outputs.data", "target": "b.inputs.data"},
+            {"source": "b.outputs.data", "target": "c.inputs.data"},
+            {"source": "c.outputs.data", "target": "a.inputs.feedback"},
         ],
     }
     with pytest.raises(InvalidArgument) as info:
@@ -173,8 +180,8 @@ def test_input_fed_twice_is_refused():
 
 def test_unconnected_required_input_without_batch_key_is_refused():
     config = {
-        "nodes": [{"name": "in", "type": "HyperspectralInput"}, {"name": "amp", "type": "NeedsGain"}],
-        "connections": [{"source": "in.cube", "target": "amp.data"}],
+        "nodes": [{"name": "in", "class_name": HSI}, {"name": "amp", "class_name": _full(NeedsGain)}],
+        "connections": [{"source": "in.outputs.cube", "target": "amp.inputs.data"}],
     }
     with pytest.raises(InvalidArgument) as info:
         build(config, toy_registry())
@@ -193,22 +200,23 @@ def test_duplicate_node_names_are_refused():
 
 def test_bad_params_name_the_node():
     config = rx_config()
-    config["nodes"][2]["params"]["no_such_param"] = 1
+    config["nodes"][2]["hparams"]["no_such_param"] = 1
     with pytest.raises(InvalidArgument, match="rx_detector"):
         build(config)
 
 
-def test_upstream_spelling_builds_the_same_graph():
-    upstream = rx_config()
-    for node in upstream["nodes"]:
-        node["class_name"] = "cuvis_ai.node." + node.pop("type")
-        node["hparams"] = node.pop("params")
-    for conn in upstream["connections"]:
-        src, sport = conn["source"].split(".")
-        dst, dport = conn["target"].split(".")
-        conn["source"], conn["target"] = f"{src}.outputs.{sport}", f"{dst}.inputs.{dport}"
-    a, b = build(rx_config()), build(upstream)
+def test_old_dialect_builds_the_same_graph_and_saves_canonical():
+    # our old dialect (short type names, params, node.port) is read for one release
+    old = rx_config()
+    for node in old["nodes"]:
+        node["type"] = node.pop("class_name").rsplit(".", 1)[-1]
+        node["params"] = node.pop("hparams")
+    for conn in old["connections"]:
+        conn["source"] = conn["source"].replace(".outputs.", ".")
+        conn["target"] = conn["target"].replace(".inputs.", ".")
+    a, b = build(rx_config()), build(old)
     assert a.order == b.order and a.connections == b.connections
+    assert b.to_config()["nodes"] == a.to_config()["nodes"]
 
 
 # -- structure and execution ----------------------------------------------------------------------------

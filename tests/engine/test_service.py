@@ -386,7 +386,8 @@ def test_save_and_restore_trainrun(engine, trained):
     result = engine.restore_trainrun("runs/rx_run", "runs/rx_run.pt", True, None, "me")
     new_sid, config = result.session_id, result.config
     assert new_sid != trained and engine.session(new_sid).owner == "me"
-    assert isinstance(config["pipeline"], dict)
+    # canonical: the pipeline is a path (the resolved pipeline under the output root), as upstream requires
+    assert Path(config["pipeline"]).is_file() and Path(config["pipeline"]).parent.name == "resolved"
     batch = {"cube": cube(seed=11)}
     a = engine.infer(trained, batch, []).tensors
     b = engine.infer(new_sid, batch, []).tensors

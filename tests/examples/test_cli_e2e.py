@@ -70,7 +70,8 @@ def test_pipelines_list_and_info(module_cluster):
     assert "rx_statistical.yaml" in out and "deep_svdd.yaml" in out
     assert "channel_selector" not in ok(cli(module_cluster, "pipelines", "list", "--tag", "statistical"))
     info = ok(cli(module_cluster, "pipelines", "info", "rx_statistical"))
-    assert "name:        rx_statistical" in info and "type: RXGlobal" in info
+    assert "name:        rx_statistical" in info
+    assert "class_name: cuvis_ai.node.anomaly.rx_detector.RXGlobal" in info
 
 
 def test_train_with_progress_and_save(module_cluster, trained):
@@ -122,7 +123,9 @@ def test_restore_and_continue(module_cluster, trained):
         "statistical",
     ]
     out = ok(cli(module_cluster, *argv))
-    assert "restored" in out and "inputs:  cube" in out and "[statistical] COMPLETE" in out
+    inputs = next(line for line in out.splitlines() if line.startswith("inputs:  "))
+    assert "restored" in out and "cube" in inputs.split(None, 1)[1].split(", ")
+    assert "[statistical] COMPLETE" in out
 
 
 def test_errors_map_to_exit_codes(module_cluster):

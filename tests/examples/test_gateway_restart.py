@@ -78,7 +78,7 @@ def test_train_in_flight_surfaces_unavailable_and_is_not_rerun(cluster):
     with connect(cluster.address, timeout=90) as client:
         client.wait_until_ready(60)
         with client.create_session() as session:
-            overrides = [*SMALL, "training.trainer.max_epochs=100000"]
+            overrides = [*SMALL, "training.max_epochs=10000"]
             session.configure_trainrun("channel_selector", overrides)
             session.train("statistical", progress=False).wait()
             stream = session.train("gradient", progress=False)

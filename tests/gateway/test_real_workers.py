@@ -72,7 +72,7 @@ def long_training(stub, session: str) -> None:
         session,
         "trainrun",
         "trainrun/channel_selector",
-        [*SMALL_DATA, "training.trainer.max_epochs=100000"],
+        [*SMALL_DATA, "training.max_epochs=10000"],
     )
     set_trainrun(stub, session, trainrun)
     events = list(stub.Train(pb.TrainRequest(session_id=session, trainer_type=pb.TRAINER_TYPE_STATISTICAL)))

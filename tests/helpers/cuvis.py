@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from cuvis_cluster.wire import codec
 from cuvis_cluster.wire.pb import pb
@@ -28,6 +30,21 @@ def resolve(stub, session_id: str, config_type: str, path: str, overrides=()) ->
         )
     )
     return json.loads(reply.config_bytes)
+
+
+def pipeline_of(trainrun: dict) -> dict:
+    """The pipeline a resolved train run references: ResolveConfig writes it under the worker's output
+    root and returns its path (the published TrainRunConfig holds a path); the tests' workers run here."""
+    return yaml.safe_load(Path(trainrun["pipeline"]).read_text())
+
+
+def train_frames(trainrun: dict, count: int) -> None:
+    """Train on frames 0..count-1 and evaluate on none (published splits, upstream's dir_indices)."""
+    trainrun["data"]["splits"] = {
+        "train": [{"kind": "dir_indices", "ids": [f"0-{count - 1}"]}],
+        "val": [],
+        "test": [],
+    }
 
 
 def set_trainrun(stub, session_id: str, trainrun: dict) -> pb.SetTrainRunConfigResponse:

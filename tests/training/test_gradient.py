@@ -104,10 +104,7 @@ def test_deep_svdd_loss_decreases_and_beats_untrained_on_the_test_split(stub, se
     trainrun = prepared(stub, session, "deep_svdd", ["training.trainer.max_epochs=6"])
     untrained_quality = split_quality(stub, session, "scores.scores")
     # Evaluate the untrained model: a gradient run with no train batch only runs the post-fit evaluation.
-    no_fit = {
-        **trainrun["training"],
-        "trainer": {**trainrun["training"]["trainer"], "limit_train_batches": 0},
-    }
+    no_fit = {**trainrun["training"], "limit_train_batches": 0}
     baseline = train(stub, session, GRADIENT, training=no_fit)
     _terminal_once(baseline, pb.TRAIN_STATUS_COMPLETE)
     assert not hooks(baseline, pb.TRAIN_HOOK_TRAIN_PROGRESS)

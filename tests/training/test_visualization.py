@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import grpc
 import pytest
 import yaml
-from trainlib import SMALL_DATA, resolve, rpc_code, set_trainrun
+from trainlib import SMALL_DATA, pipeline_of, resolve, rpc_code, set_trainrun
 
 from cuvis_cluster.wire.pb import pb
 
@@ -26,14 +26,15 @@ def svg_texts(data: bytes) -> list[str]:
 def test_session_pipeline_renders_in_every_format(stub, session):
     trainrun = resolve(stub, session, "trainrun/channel_selector", SMALL_DATA)
     set_trainrun(stub, session, trainrun)
-    names = [n["name"] for n in trainrun["pipeline"]["nodes"]]
+    pipeline = pipeline_of(trainrun)
+    names = [n["name"] for n in pipeline["nodes"]]
 
     svg = visualize(stub, session_id=session, format="svg")
     assert svg.format == "svg"
     texts = svg_texts(svg.image_data)
     for name in names:
         assert name in texts, name
-    assert "SoftChannelSelector" in texts
+    assert "cuvis_ai.node.channel_selector.SoftChannelSelector" in texts
 
     png = visualize(stub, session_id=session)  # default format
     assert png.format == "png" and png.image_data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -41,9 +42,7 @@ def test_session_pipeline_renders_in_every_format(stub, session):
     dot = visualize(stub, session_id=session, format="dot").image_data.decode()
     assert dot.lstrip().startswith("digraph") and all(name in dot for name in names)
     mermaid = visualize(stub, session_id=session, format="mermaid").image_data.decode()
-    assert mermaid.startswith("flowchart LR") and mermaid.count("-->") == len(
-        trainrun["pipeline"]["connections"]
-    )
+    assert mermaid.startswith("flowchart LR") and mermaid.count("-->") == len(pipeline["connections"])
 
 
 def test_config_content_renders_without_a_session(stub, session):

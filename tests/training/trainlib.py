@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import grpc
 import numpy as np
+import yaml
 
 from cuvis_cluster.wire import codec
 from cuvis_cluster.wire.pb import pb
@@ -37,6 +39,12 @@ def resolve(
         )
     )
     return json.loads(reply.config_bytes)
+
+
+def pipeline_of(trainrun: dict) -> dict:
+    """The pipeline a resolved train run references: ResolveConfig writes it under the worker's output
+    root and returns its path (the published TrainRunConfig holds a path); the tests' workers run here."""
+    return yaml.safe_load(Path(trainrun["pipeline"]).read_text())
 
 
 def set_trainrun(stub, session_id: str, trainrun: dict) -> pb.SetTrainRunConfigResponse:

@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from helpers import procs
-from helpers.cuvis import SMALL_DATA, load_pipeline, resolve, set_trainrun
+from helpers.cuvis import SMALL_DATA, load_pipeline, pipeline_of, resolve, set_trainrun, train_frames
 
 from cuvis_cluster.wire.pb import pb, pb_grpc
 
@@ -202,7 +202,7 @@ def test_worker_starts_without_libcuvis_and_cu3s_data_fails_with_install_hint(tm
         stub = pb_grpc.CuvisAIServiceStub(worker.channel())
         session_id = stub.CreateSession(pb.CreateSessionRequest()).session_id
         trainrun = resolve(stub, session_id, "trainrun", "trainrun/rx_statistical", SMALL_DATA)
-        load_pipeline(stub, session_id, trainrun["pipeline"])
+        load_pipeline(stub, session_id, pipeline_of(trainrun))
         data = {"data_module": "cu3s", "params": {"cu3s_file_path": "session.cu3s"}, "train_ids": [0]}
         request = pb.TrainRequest(
             session_id=session_id,
@@ -235,7 +235,7 @@ def test_sigterm_goes_not_serving_ends_streams_within_grace_and_exits_cleanly(tm
         session_id = stub.CreateSession(pb.CreateSessionRequest()).session_id
         trainrun = resolve(stub, session_id, "trainrun", "trainrun/rx_statistical", SMALL_DATA)
         trainrun["data"]["params"].update(num_frames=50000, height=16, width=16)
-        trainrun["data"]["train_ids"] = list(range(50000))
+        train_frames(trainrun, 50000)
         set_trainrun(stub, session_id, trainrun)
         stream = stub.Train(
             pb.TrainRequest(session_id=session_id, trainer_type=pb.TRAINER_TYPE_STATISTICAL), timeout=120

@@ -18,11 +18,13 @@ from helpers.cuvis import (
     SMALL_DATA,
     cube_batch,
     load_pipeline,
+    pipeline_of,
     resolve,
     set_trainrun,
     statistically_trained,
     synthetic_frame,
     train,
+    train_frames,
 )
 
 from cuvis_cluster.wire import codec
@@ -103,8 +105,7 @@ def _long_trainrun(stub, session_id: str) -> dict:
     """A statistical run over thousands of tiny frames: long enough to act on while it runs."""
     trainrun = resolve(stub, session_id, "trainrun", "trainrun/rx_statistical", SMALL_DATA)
     trainrun["data"]["params"].update(num_frames=20000, height=16, width=16)
-    trainrun["data"]["train_ids"] = list(range(20000))
-    trainrun["data"]["val_ids"], trainrun["data"]["test_ids"] = [], []
+    train_frames(trainrun, 20000)
     return trainrun
 
 
@@ -117,7 +118,7 @@ def test_mutating_calls_while_training_are_failed_precondition_then_stop_train_c
     first = next(stream)
     assert first.status == pb.TRAIN_STATUS_RUNNING
 
-    pipeline = trainrun["pipeline"]
+    pipeline = pipeline_of(trainrun)
     calls = {
         "LoadPipeline": lambda: load_pipeline(stub, session, pipeline),
         "SetTrainRunConfig": lambda: set_trainrun(stub, session, trainrun),
@@ -170,7 +171,7 @@ def test_client_cancelling_train_frees_the_session(stub, session):
 
     def session_free():
         try:
-            return load_pipeline(stub, session, trainrun["pipeline"]).success
+            return load_pipeline(stub, session, pipeline_of(trainrun)).success
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
             return False
@@ -265,7 +266,7 @@ def test_bad_pipeline_is_invalid_argument_naming_node_and_port(stub, session):
 
 def test_train_without_data_or_trainer_type_is_invalid_argument(stub, session):
     trainrun = resolve(stub, session, "trainrun", "trainrun/rx_statistical", SMALL_DATA)
-    load_pipeline(stub, session, trainrun["pipeline"])
+    load_pipeline(stub, session, pipeline_of(trainrun))
     error = rpc_error(train, stub, session)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "data" in error.details()
     error = rpc_error(train, stub, session, pb.TRAINER_TYPE_UNSPECIFIED)
@@ -288,7 +289,7 @@ def test_strict_weights_list_missing_and_unexpected_keys(stub, trained, session)
     torch.save(payload, buffer)
 
     trainrun = resolve(stub, session, "trainrun", "trainrun/rx_statistical", SMALL_DATA)
-    load_pipeline(stub, session, trainrun["pipeline"])
+    load_pipeline(stub, session, pipeline_of(trainrun))
     request = pb.LoadPipelineWeightsRequest(session_id=session, weights_bytes=buffer.getvalue(), strict=True)
     error = rpc_error(stub.LoadPipelineWeights, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -436,8 +437,8 @@ def test_zero_size_cube_is_invalid_argument(stub, trained, shape):
 
 def test_huge_node_params_are_invalid_argument(stub, session):
     pipeline = resolve(stub, session, "pipeline", "rx_statistical")
-    rx = next(n for n in pipeline["nodes"] if n["type"] == "RXGlobal")
-    rx["params"]["num_channels"] = 10**12
+    rx = next(n for n in pipeline["nodes"] if n["class_name"].endswith(".RXGlobal"))
+    rx["hparams"]["num_channels"] = 10**12
     error = rpc_error(load_pipeline, stub, session, pipeline)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rx["name"] in error.details() and "num_channels" in error.details()

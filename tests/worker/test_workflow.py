@@ -8,7 +8,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers.cuvis import SMALL_DATA, cube_batch, load_pipeline, resolve, set_trainrun, synthetic_frame, train
+from helpers.cuvis import (
+    SMALL_DATA,
+    cube_batch,
+    load_pipeline,
+    pipeline_of,
+    resolve,
+    set_trainrun,
+    synthetic_frame,
+    train,
+)
 
 from cuvis_cluster.wire import codec
 from cuvis_cluster.wire.pb import pb
@@ -33,13 +42,13 @@ def test_statistical_workflow_then_reload_reproduces_outputs_bit_for_bit(stub, w
         session_id,
         "trainrun",
         "trainrun/rx_statistical",
-        [*SMALL_DATA, "training.seed=7", "pipeline.nodes.rx_detector.params.eps=0.0001"],
+        [*SMALL_DATA, "training.seed=7", "pipeline.nodes.rx_detector.hparams.eps=0.0001"],
     )
     assert trainrun["data"]["batch_size"] == 2
-    assert trainrun["data"]["train_ids"] == [0, 1, 2, 3]
+    assert trainrun["data"]["splits"]["train"][0]["ids"] == [0, 1, 2, 3]
     assert trainrun["training"]["seed"] == 7
-    rx = next(node for node in trainrun["pipeline"]["nodes"] if node["name"] == "rx_detector")
-    assert rx["params"]["eps"] == pytest.approx(1e-4)
+    rx = next(node for node in pipeline_of(trainrun)["nodes"] if node["name"] == "rx_detector")
+    assert rx["hparams"]["eps"] == pytest.approx(1e-4)
 
     # 3. SetTrainRunConfig builds the inline pipeline
     reply = set_trainrun(stub, session_id, trainrun)

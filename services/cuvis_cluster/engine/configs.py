@@ -12,9 +12,13 @@ Resolution of ``path`` for ``config_type``:
 3. Overrides are applied once, by Hydra's ``compose``. Name-addressed node overrides
    (``pipeline.nodes.<node_name>.params.<param>=<value>``, also ``.hparams.``) are first translated to
    the list index Hydra understands; a param the YAML does not set yet is added (``++``).
-4. A trainrun whose ``pipeline`` is a path (relative to the trainrun file) gets that pipeline composed
-   (with the ``pipeline.*`` overrides) and inlined, so the result is self-contained.
-5. The result is validated with the pydantic model of ``config_type``.
+4. A trainrun's pipeline (a path relative to the trainrun file, as upstream, or a Hydra
+   ``/pipeline@pipeline`` default) is composed with the ``pipeline.*`` overrides, written in canonical
+   form, content-addressed, to ``<output root>/resolved/pipeline-<sha>.yaml``, and the resolved trainrun
+   references that file by its absolute path (the published TrainRunConfig takes a path, never an
+   inline pipeline). SetTrainRunConfig reads it back from there.
+5. The result is validated with the engine's model of ``config_type`` and returned in the canonical form
+   (:mod:`.canonical`), which validates under the published ``cuvis_ai_schemas`` model.
 
 Hydra's ``GlobalHydra`` is process-wide, so every compose runs under one module lock and clears it.
 Overrides come from clients and must not contain OmegaConf interpolations (``${...}``): they are refused
@@ -41,8 +45,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from pydantic import BaseModel
 
-from cuvis_cluster.engine import schemas
-from cuvis_cluster.errors import CuvisError, InvalidArgument, NotFound, PermissionDenied
+from cuvis_cluster.engine import canonical, schemas
+from cuvis_cluster.engine.roots import atomic_write, yaml_bytes
+from cuvis_cluster.errors import CuvisError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 GROUPS = ("pipeline", "trainrun", "data", "training")
 _HYDRA_LOCK = threading.Lock()
@@ -202,11 +207,12 @@ _TRAINRUN_FIELDS = set(schemas.TrainRunConfig.model_fields)
 
 
 def _normalize(kind: str, override: str) -> str:
-    """An override key made relative to the config's own content, upstream spellings mapped.
+    """An override key made relative to the config's own content, in the canonical (flat) spelling.
 
-    ``training.optimizer.lr`` on a training config drops the ``training.`` prefix; the flat upstream trainer
-    keys (``max_epochs``, ``training.max_epochs``) move under ``trainer``; on a trainrun, bare training keys
-    (``seed``, ``optimizer.lr``) move under ``training``.
+    ``training.optimizer.lr`` on a training config drops the ``training.`` prefix; our old nested trainer
+    keys (``training.trainer.max_epochs``) become upstream's flat ones (``training.max_epochs``); on a
+    trainrun, bare training and trainer keys (``seed``, ``max_epochs``, ``optimizer.lr``) move under
+    ``training``.
     """
     mods, key, rest = _split(override)
     if _is_group_override(key):
@@ -215,16 +221,13 @@ def _normalize(kind: str, override: str) -> str:
     if kind != "trainrun" and len(parts) > 1 and parts[0] == kind:
         parts = parts[1:]
     if kind == "training":
-        if parts[0] in _TRAINER_FIELDS and parts[0] not in _TRAINING_FIELDS:
-            parts = ["trainer", *parts]
+        if parts[0] == "trainer" and len(parts) > 1:
+            parts = parts[1:]
     elif kind == "trainrun":
-        if parts[0] not in _TRAINRUN_FIELDS:
-            if parts[0] in _TRAINER_FIELDS:
-                parts = ["training", "trainer", *parts]
-            elif parts[0] in _TRAINING_FIELDS:
-                parts = ["training", *parts]
-        elif parts[0] == "training" and len(parts) > 1 and parts[1] in _TRAINER_FIELDS - _TRAINING_FIELDS:
-            parts = ["training", "trainer", *parts[1:]]
+        if parts[0] not in _TRAINRUN_FIELDS and (parts[0] in _TRAINER_FIELDS or parts[0] in _TRAINING_FIELDS):
+            parts = ["training", *parts]
+        if parts[0] == "training" and len(parts) > 2 and parts[1] == "trainer":
+            parts = ["training", *parts[2:]]
     return f"{mods}{'.'.join(parts)}{rest}"
 
 
@@ -266,6 +269,8 @@ def schema_knows(kind: str, parts: Sequence[str]) -> bool:
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return False
         field = current.model_fields.get(part)
+        if field is None and current is schemas.TrainingConfig and part in _TRAINER_FIELDS:
+            return i == len(parts) - 1  # upstream's flat trainer keys
         if field is None:
             return False
         if i == len(parts) - 1:
@@ -284,7 +289,8 @@ def _to_hydra(kind: str, override: str, package: Sequence[str]) -> str:
     if _is_group_override(key):
         return override
     parts = key.split(".")
-    if mods == "" and len(parts) > 1 and schema_knows(kind, parts):
+    # (a bare top-level key of a trainrun may name a Hydra group: ``data=indian_pines``)
+    if mods == "" and schema_knows(kind, parts) and (len(parts) > 1 or kind != "trainrun"):
         mods = "++"
     return f"{mods}{'.'.join([*package, *parts])}{rest}"
 
@@ -329,7 +335,8 @@ def _unwrap(data: dict[str, Any], package: Sequence[str], what: str) -> dict[str
 def _is_named_node(override: str) -> bool:
     _, key, rest = _split(override)
     m = _NODE_OVERRIDE.match(key + rest)
-    return m is not None and not m.group("node").isdigit()
+    # index-addressed ones too: their params/hparams spelling is mapped onto the YAML's
+    return m is not None
 
 
 def translate_node_overrides(overrides: Sequence[str], nodes: Any, where: str) -> list[str]:
@@ -340,10 +347,12 @@ def translate_node_overrides(overrides: Sequence[str], nodes: Any, where: str) -
     for item in overrides:
         mods, key, rest = _split(item)
         m = _NODE_OVERRIDE.match(key + rest)
-        if m is None or m.group("node").isdigit():
-            out.append(item)
+        if m is None or (m.group("node").isdigit() and int(m.group("node")) >= len(node_list)):
+            out.append(item)  # Hydra reports an index out of range
             continue
         name = m.group("node")
+        if name.isdigit():
+            name = names[int(name)]
         if name not in names:
             known = ", ".join(str(n) for n in names) or "(none)"
             raise InvalidArgument(
@@ -394,8 +403,13 @@ def resolve(
     overrides: Sequence[str] | None,
     search_paths: Sequence[Path],
     roots: Sequence[Path],
+    output_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Resolve, compose, inline and validate; returns the model's JSON form."""
+    """Resolve, compose and validate; returns the canonical (published) JSON form.
+
+    ``output_dir`` is where a trainrun's resolved pipeline is written (the output root); when it is not
+    given, the third of ``roots`` (``Roots.allowed`` order: configs, data, output) is used.
+    """
     kind = (config_type or "").strip().lower()
     if kind not in GROUPS:
         raise InvalidArgument(
@@ -409,8 +423,37 @@ def resolve(
         data = _resolve_trainrun(root, name, file, ovrs, search_paths, roots, what)
     else:
         data = _compose_content(kind, root, name, file, ovrs, what)
+    if kind == "trainrun":  # the pipeline was composed (inlined) here; its own spelling is checked
+        canonical.warn_old_dialect("pipeline", data.get("pipeline"), f"pipeline of {str(file)!r}")
+        rest = {k: v for k, v in data.items() if k != "pipeline"}
+        canonical.warn_old_dialect(kind, rest, f"{kind} config {str(file)!r}")
+    else:
+        canonical.warn_old_dialect(kind, data, f"{kind} config {str(file)!r}")
     model = schemas.validate(kind, data)
-    return schemas.dump(model)
+    if isinstance(model, schemas.TrainRunConfig):
+        ref = None
+        if model.pipeline is not None:
+            assert isinstance(model.pipeline, schemas.PipelineConfig)  # composed above
+            out = output_dir if output_dir is not None else _output_root(roots)
+            ref = str(write_resolved_pipeline(out, canonical.pipeline(model.pipeline)))
+        return canonical.trainrun(model, ref)
+    return canonical.to_canonical(kind, model)
+
+
+def _output_root(roots: Sequence[Path]) -> Path:
+    # ``Roots.allowed`` order: configs, data, output. Never guess a config or data root to write to.
+    if len(roots) < 3:
+        raise FailedPrecondition("no output root to write the trainrun's resolved pipeline to")
+    return Path(roots[2])
+
+
+def write_resolved_pipeline(output_dir: Path, pipeline: Mapping[str, Any]) -> Path:
+    """Write a canonical pipeline to ``<output_dir>/resolved/pipeline-<sha>.yaml`` (once per content)."""
+    path = canonical.resolved_pipeline_path(Path(output_dir), pipeline)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, yaml_bytes(dict(pipeline)))
+    return path
 
 
 def _resolve_trainrun(

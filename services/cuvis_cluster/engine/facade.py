@@ -32,6 +32,7 @@ from cuvis_cluster.engine import (
 )
 from cuvis_cluster.engine import visualize as viz
 from cuvis_cluster.engine.data import DataModule
+from cuvis_cluster.engine.nodes.base import NodeRegistry
 from cuvis_cluster.engine.plugins import PluginManager
 from cuvis_cluster.engine.profiling import Profiler
 from cuvis_cluster.engine.roots import Roots
@@ -91,8 +92,13 @@ class Engine:
             idle_timeout_seconds=config.idle_timeout_seconds,
             reap_interval_seconds=config.reap_interval_seconds,
             default_search_paths=self.roots.default_search_paths,
+            registry_factory=self._new_registry,
         )
         self._plugins: PluginManager | None = None
+
+    def _new_registry(self) -> NodeRegistry:
+        """A session's node registry: allow-listed class packages, hosted nodes' files under output_dir."""
+        return NodeRegistry(packages=self.config.class_packages, output_root=self.roots.output_dir)
 
     # ----------------------------------------------------------------------------------------------
     # lifecycle and roots
@@ -154,7 +160,14 @@ class Engine:
         search = (
             list(self.session(session_id).search_paths) if session_id else self.roots.default_search_paths()
         )
-        return configs.resolve(config_type, path, list(overrides or []), search, self.roots.allowed)
+        return configs.resolve(
+            config_type,
+            path,
+            list(overrides or []),
+            search,
+            self.roots.allowed,
+            output_dir=self.roots.output_dir,
+        )
 
     def parameter_schema(self, config_type: str) -> JsonObject:
         return schemas.json_schema(config_type)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cuvis_cluster.engine import schemas
+from cuvis_cluster.engine import canonical, schemas
+from cuvis_cluster.engine.graph_order import topological_order
 from cuvis_cluster.engine.nodes.base import ANY_DTYPE, TORCH_DTYPES, Node, NodeRegistry, Port, Stage
 from cuvis_cluster.engine.types import TensorSpecInfo
 from cuvis_cluster.engine.weights import load_node_states
@@ -96,7 +97,8 @@ class Pipeline(nn.Module):
         # manager); each node call is wrapped in it while ``enabled`` is true.
         self.profiler: Any = None
         self._device = torch.device("cpu")
-        self._incoming: dict[tuple[str, str], tuple[str, str]] = {}
+        self._incoming: dict[tuple[str, str], tuple[str, str]] = {}  # the (first) source of an input
+        self._fan_in: dict[tuple[str, str], list[tuple[str, str]]] = {}  # every source of a variadic input
         self._validate()
         self.order: list[str] = self._topological_order()
 
@@ -145,6 +147,8 @@ class Pipeline(nn.Module):
                     field=f"nodes.{index}.params",
                 ) from None
             node.name = spec.name
+            if hasattr(registry, "canonical_name"):  # the full name the config used, written back on save
+                node.class_name = registry.canonical_name(spec.type, cls_)
             nodes[spec.name] = node
         connections = [
             (c.source_node, c.source_port, c.target_node, c.target_port) for c in model.connections
@@ -153,15 +157,26 @@ class Pipeline(nn.Module):
         return cls(nodes, connections, metadata, extra_inputs=extra_inputs, plugins=model.plugins)
 
     def to_config(self) -> dict[str, Any]:
-        return {
-            "metadata": _plain(self.metadata),
-            **({"plugins": list(self.plugins)} if self.plugins else {}),
-            "nodes": [
-                {"name": name, "type": node.type_name, "params": _plain(node.params)}
-                for name, node in self.nodes.items()
-            ],
-            "connections": [{"source": f"{a}.{p}", "target": f"{b}.{q}"} for a, p, b, q in self.connections],
-        }
+        """The canonical config (validates under ``cuvis_ai_schemas.pipeline.PipelineConfig``)."""
+        return canonical.pipeline(
+            {
+                "metadata": _plain(self.metadata),
+                "plugins": list(self.plugins),
+                "nodes": [
+                    {
+                        "name": name,
+                        "class_name": getattr(node, "class_name", None)
+                        or canonical.class_name_of(str(node.type_name)),
+                        "hparams": _plain(node.params),
+                    }
+                    for name, node in self.nodes.items()
+                ],
+                "connections": [
+                    {"source": f"{a}.outputs.{p}", "target": f"{b}.inputs.{q}"}
+                    for a, p, b, q in self.connections
+                ],
+            }
+        )
 
     def _node(self, name: str) -> Node:
         node = self.nodes[name]
@@ -199,18 +214,23 @@ class Pipeline(nn.Module):
                     f"{_spec(inputs[dport])}: {problem}",
                     field=f"{dst}.{dport}",
                 )
-            if (dst, dport) in self._incoming:
+            if inputs[dport].variadic:
+                self._fan_in.setdefault((dst, dport), []).append((src, sport))
+            elif (dst, dport) in self._incoming:
                 first = self._incoming[(dst, dport)]
                 raise InvalidArgument(
                     f"{where}: input {dst}.{dport} is already fed by {first[0]}.{first[1]}",
                     field=f"{dst}.{dport}",
                 )
-            self._incoming[(dst, dport)] = (src, sport)
+            self._incoming.setdefault((dst, dport), (src, sport))
         feedable = set(BATCH_KEYS) | set(self.extra_inputs)
         for name in names:
             node = self._node(name)
             for port, spec in node.input_ports().items():
                 if spec.optional or (name, port) in self._incoming or port in feedable:
+                    continue
+                if getattr(node, "UPSTREAM", None) is not None:  # hosted: upstream reads it from the batch
+                    self.extra_inputs = (*self.extra_inputs, port)
                     continue
                 raise InvalidArgument(
                     f"{_label(node)}: required input {port!r} is not connected and no batch key feeds it "
@@ -219,49 +239,7 @@ class Pipeline(nn.Module):
                 )
 
     def _topological_order(self) -> list[str]:
-        names = list(self.nodes.keys())
-        position = {n: i for i, n in enumerate(names)}
-        indegree = dict.fromkeys(names, 0)
-        children: dict[str, set[str]] = {n: set() for n in names}
-        for src, _, dst, _ in self.connections:
-            if dst not in children[src]:
-                children[src].add(dst)
-                indegree[dst] += 1
-        ready = deque(n for n in names if indegree[n] == 0)
-        order: list[str] = []
-        while ready:
-            name = ready.popleft()
-            order.append(name)
-            for child in sorted(children[name], key=position.__getitem__):
-                indegree[child] -= 1
-                if indegree[child] == 0:
-                    ready.append(child)
-        if len(order) != len(names):
-            stuck = [n for n in names if n not in order]
-            cycle = self._find_cycle(stuck, children)
-            edges = [f"{a}.{p} -> {b}.{q}" for a, p, b, q in self.connections if a in cycle and b in cycle]
-            raise InvalidArgument(
-                f"the pipeline has a cycle through nodes {' -> '.join([*cycle, cycle[0]])} "
-                f"(connections: {', '.join(edges)})",
-                field=f"{cycle[0]}",
-            )
-        return order
-
-    @staticmethod
-    def _find_cycle(stuck: list[str], children: Mapping[str, set[str]]) -> list[str]:
-        stuck_set = set(stuck)
-        # Walk forward inside the stuck set until a node repeats; the repeated stretch is a cycle.
-        path: list[str] = []
-        seen: dict[str, int] = {}
-        current = stuck[0]
-        while current not in seen:
-            seen[current] = len(path)
-            path.append(current)
-            nxt = sorted(c for c in children[current] if c in stuck_set)
-            if not nxt:  # pragma: no cover - every stuck node has a stuck child
-                return path
-            current = nxt[0]
-        return path[seen[current] :]
+        return topological_order(list(self.nodes.keys()), self.connections)
 
     # -- structure queries -----------------------------------------------------------------------
     def node(self, name: str) -> Node:
@@ -338,7 +316,7 @@ class Pipeline(nn.Module):
             if Stage.INFERENCE not in node.STAGES:
                 continue
             for port, spec in node.input_ports().items():
-                if (name, port) in self._incoming:
+                if (name, port) in self._incoming or (name, port) in self._fan_in or not spec.from_batch:
                     continue
                 required = not spec.optional or self._needed_downstream(name, port)
                 if port in specs:
@@ -387,7 +365,7 @@ class Pipeline(nn.Module):
         out = []
         for name in self.order:
             spec = self._node(name).input_ports().get(key)
-            if spec is not None and (name, key) not in self._incoming:
+            if spec is not None and spec.from_batch and (name, key) not in self._incoming:
                 out.append((name, spec))
         return out
 
@@ -516,6 +494,12 @@ class Pipeline(nn.Module):
         ran = {key.split(".", 1)[0] for key in outputs}
         kwargs: dict[str, Any] = {}
         for port, spec in node.input_ports().items():
+            sources = self._fan_in.get((name, port))
+            if sources:  # upstream's fan-in: the values of the sources that produced one, in order
+                values = [outputs.get(f"{s}.{p}") for s, p in sources]
+                if any(v is not None for v in values):
+                    kwargs[port] = [v for v in values if v is not None]
+                continue
             source = self._incoming.get((name, port))
             if source is not None:
                 key = f"{source[0]}.{source[1]}"
@@ -526,7 +510,7 @@ class Pipeline(nn.Module):
                         return None  # its source did not run in this stage: skip this node too
                     raise self._absent_output(name, port, source, feed)
                 continue
-            value = feed.get(port)
+            value = feed.get(port) if spec.from_batch else None
             if value is not None:
                 kwargs[port] = value
             elif not spec.optional:
@@ -554,6 +538,8 @@ class Pipeline(nn.Module):
         )
 
     def _call(self, name: str, node: Node, kwargs: dict[str, Any], stage: Stage) -> Mapping[str, Any]:
+        if callable(set_stage := getattr(node, "set_stage", None)):
+            set_stage(stage)  # a hosted upstream node reads its stage, as under upstream's executor
         profiler = self.profiler
         if profiler is not None and getattr(profiler, "enabled", True):
             with profiler.measure(name, stage):

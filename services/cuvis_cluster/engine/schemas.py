@@ -1,18 +1,16 @@
-"""The config models: one pydantic v2 model per config type, their JSON Schemas and error formatting.
+"""The engine's config models (pydantic v2); they read the published form and, for one release, our old one.
 
-The shapes are chosen so that the override paths the client documentation uses are the natural ones:
-``training.trainer.max_epochs``, ``training.optimizer.lr``, ``training.scheduler.patience``,
-``training.seed``, ``data.batch_size``, ``data.train_ids=[0,1,2]``.
-
-Upstream spellings are accepted on input and normalised: node ``class_name``/``hparams`` become
-``type``/``params``; connection endpoints ``node.outputs.port``/``node.inputs.port`` become ``node.port``;
-a flat training config (``training.max_epochs``) moves its trainer keys under ``training.trainer``.
+The published ``cuvis_ai_schemas`` models are the source of truth for what crosses the API or the disk:
+:mod:`.canonical` writes it, :func:`json_schema` describes it. Inside, node ``class_name``/``hparams``
+are held as ``type``/``params``, endpoints as ``node.port`` and the trainer keys under ``trainer``.
+The override paths the client documentation uses stay natural: ``training.optimizer.lr``,
+``training.max_epochs``, ``data.batch_size``, ``data.train_ids=[0,1,2]``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,6 +30,15 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Fields of the published model that we read but do not act on (dropped on input).
+    UPSTREAM_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_upstream_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.UPSTREAM_ONLY:
+            data = {k: v for k, v in data.items() if k not in cls.UPSTREAM_ONLY}
+        return data
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,6 +202,40 @@ def _expand_ids(value: Any) -> Any:
     return out
 
 
+_SPLIT_STAGES = {"train": "train_ids", "val": "val_ids", "test": "test_ids"}
+
+
+def splits_to_ids(data: dict[str, Any]) -> dict[str, Any]:
+    """The published ``splits`` (``dir_indices`` selectors, the frame ids of our data modules) as our
+    ``train_ids``/``val_ids``/``test_ids``; other selector kinds are refused by name."""
+    splits = data.pop("splits", None)
+    if splits is None:
+        return data
+    if not isinstance(splits, dict):
+        raise ValueError("splits: expected a mapping of stage -> list of selectors")
+    for key, value in splits.items():
+        if key in ("universe_hash", "constraints", "predict") or (key == "splits_path" and value is None):
+            continue  # checks and inference selection our data modules do not use
+        if key not in _SPLIT_STAGES:
+            raise ValueError(f"splits.{key}: not supported by this worker's data modules")
+        ids: list[Any] = []
+        any_all = False
+        for i, sel in enumerate(value or []):
+            kind = sel.get("kind") if isinstance(sel, dict) else None
+            if kind == "all":  # the module's default share
+                ids, any_all = [], True
+                break
+            if kind != "dir_indices":
+                raise ValueError(
+                    f"splits.{key}.{i}: selector kind {kind!r} is not supported; this worker's data modules "
+                    "select frames by 'dir_indices' (frame ids)"
+                )
+            ids.extend(_expand_ids(sel.get("ids") or []))
+        if data.get(_SPLIT_STAGES[key]) is None and (ids or not any_all):
+            data[_SPLIT_STAGES[key]] = ids  # a stage given with no selectors is an empty split
+    return data
+
+
 class DataConfig(_Strict):
     data_module: str = Field("lentils_synthetic", description="lentils_synthetic | npz | cu3s | indian_pines")
     batch_size: int = Field(2, ge=1)
@@ -212,7 +253,7 @@ class DataConfig(_Strict):
         # Upstream data configs carry module parameters at top level (cu3s_file_path, processing_mode...).
         if isinstance(data, dict):
             known = set(cls.model_fields)
-            data = dict(data)
+            data = splits_to_ids(dict(data))
             params = dict(data.get("params") or {})
             for key in [k for k in data if k not in known]:
                 params.setdefault(key, data.pop(key))
@@ -245,6 +286,13 @@ SCHEDULER_ALIASES = {
 
 
 class OptimizerConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _momentum_none(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "momentum" in data and data["momentum"] is None:
+            data = {k: v for k, v in data.items() if k != "momentum"}
+        return data
+
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0, le=1, description="Learning rate, in (0, 1].")
     weight_decay: float = Field(default=0.0, ge=0)
@@ -266,6 +314,18 @@ class OptimizerConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
+    UPSTREAM_ONLY = frozenset({"warmup_epochs", "threshold_mode", "eps", "verbose"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nones(cls, data: Any) -> Any:
+        # The published model writes unset step_size/gamma/monitor as null.
+        if isinstance(data, dict):
+            data = {
+                k: v for k, v in data.items() if not (v is None and k in ("step_size", "gamma", "monitor"))
+            }
+        return data
+
     name: Literal["step", "cosine", "exponential", "reduce_on_plateau"] = "reduce_on_plateau"
     interval: Literal["epoch", "step"] = "epoch"
     frequency: int = Field(default=1, ge=1)
@@ -294,6 +354,7 @@ class SchedulerConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
+    UPSTREAM_ONLY = frozenset({"verbose", "strict", "check_on_train_epoch_end", "log_rank_zero_only"})
     monitor: str = "val_loss"
     patience: int = Field(default=3, ge=0)
     mode: Literal["min", "max"] = "min"
@@ -304,6 +365,18 @@ class EarlyStoppingConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
+    UPSTREAM_ONLY = frozenset(
+        {
+            "auto_insert_metric_name",
+            "verbose",
+            "save_on_exception",
+            "save_weights_only",
+            "every_n_train_steps",
+            "train_time_interval",
+            "save_on_train_epoch_end",
+            "enable_version_counter",
+        }
+    )
     monitor: str | None = None
     mode: Literal["min", "max"] = "min"
     save_top_k: int = Field(default=1, ge=-1)
@@ -314,6 +387,7 @@ class CheckpointConfig(_Strict):
 
 
 class LearningRateMonitorConfig(_Strict):
+    UPSTREAM_ONLY = frozenset({"log_weight_decay"})
     logging_interval: Literal["epoch", "step"] | None = "epoch"
     log_momentum: bool = False
 
@@ -367,6 +441,7 @@ _TRAINER_KEYS = set(TrainerConfig.model_fields)
 
 
 class TrainingConfig(_Strict):
+    UPSTREAM_ONLY = frozenset({"release_cuda_cache_on_validation", "default_root_dir"})
     seed: int = 42
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -383,8 +458,8 @@ class TrainingConfig(_Strict):
         trainer = data.get("trainer")
         trainer = dict(trainer) if isinstance(trainer, dict) else ({} if trainer is None else trainer)
         for key in [k for k in data if k in _TRAINER_KEYS]:
-            if isinstance(trainer, dict):
-                trainer.setdefault(key, data.pop(key))
+            if isinstance(trainer, dict):  # the flat (canonical) spelling wins over our old nested one
+                trainer[key] = data.pop(key)
         if isinstance(trainer, dict) and "callbacks" in trainer:
             nested = trainer.pop("callbacks")
             if nested is not None and data.get("callbacks") is None:
@@ -423,16 +498,21 @@ class TrainRunConfig(_Strict):
     freeze_nodes: list[str] = Field(default_factory=list)
     unfreeze_nodes: list[str] = Field(default_factory=list)
     output_dir: str = ""
-    tags: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict, description="Metadata tags (old dialect: a list).")
 
     @model_validator(mode="before")
     @classmethod
     def _nulls(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k != "defaults"}
-            for key in ("loss_nodes", "metric_nodes", "freeze_nodes", "unfreeze_nodes", "tags"):
+            for key in ("loss_nodes", "metric_nodes", "freeze_nodes", "unfreeze_nodes"):
                 if key in data and data[key] is None:
                     data[key] = []
+            tags = data.get("tags")
+            if tags is None and "tags" in data:
+                data["tags"] = {}
+            elif isinstance(tags, list | tuple):  # our old dialect: a list of labels
+                data["tags"] = {str(t): "" for t in tags}
             if data.get("output_dir") is None and "output_dir" in data:
                 data["output_dir"] = ""
             if isinstance(data.get("output_dir"), str):
@@ -468,7 +548,11 @@ def model_for(config_type: str) -> type[BaseModel]:
 
 
 def json_schema(config_type: str) -> dict[str, Any]:
-    return model_for(config_type).model_json_schema()
+    """The published model's JSON Schema (``cuvis_ai_schemas``) for ``config_type``."""
+    from cuvis_cluster.engine import canonical  # canonical imports this module
+
+    model_for(config_type)  # NotFound for an unknown type
+    return canonical.published_model(config_type).model_json_schema()
 
 
 def error_lines(exc: ValidationError, prefix: str = "") -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cuvis_cluster.engine import configs, schemas
+from cuvis_cluster.engine import canonical, checkpoints, configs, schemas
 from cuvis_cluster.engine.pipeline import Pipeline
 from cuvis_cluster.engine.roots import Roots, atomic_write, yaml_bytes
 from cuvis_cluster.engine.sessions import Session
@@ -42,16 +42,25 @@ def from_mapping(meta: Mapping[str, Any]) -> PipelineMetadata:
 
 
 def build(session: Session, config: Any, device: torch.device) -> Pipeline:
-    """A pipeline for ``config`` with the session's node registry, on ``device``, in eval mode."""
-    pipeline = Pipeline.from_config(config, session.registry)
+    """A pipeline for ``config`` with the session's node registry, on ``device``, in eval mode.
+
+    The pipeline's ``plugins:`` must be built in or loaded in the session (FailedPrecondition otherwise).
+    """
+    model = config if isinstance(config, schemas.PipelineConfig) else schemas.validate("pipeline", config)
+    assert isinstance(model, schemas.PipelineConfig)
+    session.registry.require_plugins(model.plugins)
+    pipeline = Pipeline.from_config(model, session.registry)
     pipeline.to_device(device)
     pipeline.eval()
     return pipeline
 
 
 def build_from_reference(session: Session, ref: str, roots: Roots, device: torch.device) -> Pipeline:
-    """A pipeline from a config file named by ``ref`` (looked up in the session's search paths)."""
-    data = configs.resolve("pipeline", ref, [], session.search_paths, roots.allowed)
+    """A pipeline from a config file named by ``ref`` (looked up in the session's search paths; an
+    absolute path must lie inside the allowed roots, e.g. a resolved pipeline under the output root)."""
+    data = configs.resolve(
+        "pipeline", ref, [], session.search_paths, roots.allowed, output_dir=roots.output_dir
+    )
     return build(session, data, device)
 
 
@@ -77,6 +86,7 @@ def load(session: Session, config: bytes | str | Mapping[str, Any], device: torc
     """LoadPipeline: build the config and make it the session's; returns its metadata."""
     session.refuse_if_training("LoadPipeline")
     data = configs.parse_payload(config, "config")
+    canonical.warn_old_dialect("pipeline", data, "LoadPipeline")
     pipeline = build(session, data, device)
     with session.mutating("LoadPipeline"):
         install(session, pipeline)
@@ -105,6 +115,7 @@ def load_weights(session: Session, roots: Roots, path: str | None, data: bytes |
     with session.mutating("LoadPipelineWeights"):
         pipeline = require(session)
         pipeline.load_weights_payload(payload, strict=bool(strict))
+        checkpoints.remember(pipeline, checkpoints.source_of(payload, resolved))
     return resolved
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cuvis_cluster.engine import configs, schemas, session_pipeline
+from cuvis_cluster.engine import canonical, checkpoints, configs, schemas, session_pipeline
 from cuvis_cluster.engine.pipeline import Pipeline
 from cuvis_cluster.engine.roots import Roots, atomic_write, yaml_bytes
 from cuvis_cluster.engine.sessions import Session, SessionManager
@@ -30,9 +30,14 @@ def _install_trainrun(session: Session, trainrun: JsonObject) -> None:
 def set_trainrun(
     session: Session, config: bytes | str | Mapping[str, Any], roots: Roots, device: torch.device
 ) -> bool:
-    """SetTrainRunConfig; True when the config brought a pipeline (inline or by reference)."""
+    """SetTrainRunConfig; True when the config brought a pipeline (by reference, or inline: deprecated).
+
+    A ``pipeline`` path (what ResolveConfig returns: ``<output root>/resolved/pipeline-<sha>.yaml``, or
+    a path in the session's search paths) is read from inside the allowed roots.
+    """
     session.refuse_if_training("SetTrainRunConfig")
     data = configs.parse_payload(config, "config")
+    canonical.warn_old_dialect("trainrun", data, "SetTrainRunConfig")
     model = schemas.validate("trainrun", data)
     assert isinstance(model, schemas.TrainRunConfig)
     pipeline: Pipeline | None = None
@@ -157,8 +162,10 @@ def save(session: Session, roots: Roots, path: str, save_weights: bool = False) 
             trainrun["name"] = stem
         trainrun["pipeline"] = pipeline_path.name
         pipeline_yaml = yaml_bytes(pipeline.to_config())
-        trainrun = schemas.dump(schemas.validate("trainrun", trainrun))
-        trainrun_yaml = yaml_bytes(trainrun)
+        model = schemas.validate("trainrun", trainrun)
+        assert isinstance(model, schemas.TrainRunConfig)
+        # upstream resolves the reference relative to the trainrun file: the pipeline sits next to it
+        trainrun_yaml = yaml_bytes(canonical.trainrun(model, pipeline_path.name))
         weights = weights_bytes(pipeline.weights_payload()) if save_weights else None
     atomic_write(pipeline_path, pipeline_yaml)
     atomic_write(trainrun_path, trainrun_yaml)
@@ -176,7 +183,9 @@ def _resolve_saved(path: str, roots: Roots, search: list[Path]) -> tuple[Path, J
     ``<stem>_pipeline.yaml`` next to it."""
     bases = [roots.output_dir, *search, roots.configs_dir / "trainrun"]
     file = roots.find_file(path, bases, "trainrun_path", ".yaml")
-    resolved = configs.resolve("trainrun", str(file), [], [file.parent, *search], roots.allowed)
+    resolved = configs.resolve(
+        "trainrun", str(file), [], [file.parent, *search], roots.allowed, output_dir=roots.output_dir
+    )
     if resolved.get("pipeline") is None:
         sibling = file.with_name(f"{file.stem}_pipeline.yaml")
         if not sibling.is_file():
@@ -184,7 +193,7 @@ def _resolve_saved(path: str, roots: Roots, search: list[Path]) -> tuple[Path, J
                 f"trainrun_path: {path!r} names no pipeline and there is no {sibling.name} next to it",
                 field="trainrun_path",
             )
-        resolved["pipeline"] = configs.resolve("pipeline", str(sibling), [], [file.parent], roots.allowed)
+        resolved["pipeline"] = str(sibling.resolve())
     return file, resolved
 
 
@@ -209,12 +218,15 @@ def restore(
     session = existing or sessions.create(owner)
     try:
         session.refuse_if_training("RestoreTrainRun")
-        pipeline = session_pipeline.build(session, resolved["pipeline"], device)
+        pipeline = session_pipeline.build_from_reference(session, resolved["pipeline"], roots, device)
         if payload is not None:
             pipeline.load_weights_payload(payload, strict=bool(strict))
+            checkpoints.remember(pipeline, checkpoints.source_of(payload, str(wfile)))
+        stored = schemas.dump(schemas.validate("trainrun", {**resolved, "pipeline": None}))
+        stored["pipeline"] = pipeline.to_config()
         with session.mutating("RestoreTrainRun"):
             session_pipeline.install(session, pipeline)
-            _install_trainrun(session, resolved)
+            _install_trainrun(session, stored)
     except BaseException:
         if existing is None:
             sessions.close(session.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cuvis_cluster.engine import configs, schemas
+from cuvis_cluster.engine import canonical, configs, schemas
 from cuvis_cluster.engine.nodes.base import NodeRegistry
 from cuvis_cluster.engine.pipeline import Pipeline
 from cuvis_cluster.engine.types import ValidationResult
@@ -17,7 +17,7 @@ _NODE_LISTS = ("loss_nodes", "metric_nodes", "freeze_nodes", "unfreeze_nodes")
 def _trainrun_warnings(model: schemas.TrainRunConfig) -> list[str]:
     warnings: list[str] = []
     if isinstance(model.pipeline, str):
-        warnings.append("pipeline: a path reference; ResolveConfig inlines it, SetTrainRunConfig resolves it")
+        warnings.append("pipeline: a path reference; SetTrainRunConfig reads it (inside the allowed roots)")
     elif not isinstance(model.pipeline, schemas.PipelineConfig):
         warnings.append("pipeline: none given; SetTrainRunConfig needs a pipeline already loaded")
     if model.data is None:
@@ -44,7 +44,7 @@ def validate_config(config_type: str, payload: bytes | str | Mapping[str, Any]) 
     except InvalidArgument as exc:
         return ValidationResult(False, tuple(p.strip() for p in exc.message.split("; ") if p.strip()))
     errors: list[str] = []
-    warnings: list[str] = []
+    warnings: list[str] = [f"deprecated: {item}" for item in canonical.old_dialect(kind, data)]
     pipeline_cfg = None
     if isinstance(model, schemas.PipelineConfig):
         pipeline_cfg = model

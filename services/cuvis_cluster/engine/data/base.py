@@ -11,10 +11,13 @@ train/val/test by frame ids. Its loaders yield **batch dicts** of CPU tensors:
 The pipeline graph feeds these keys to the ports of the same name (``HyperspectralInput`` turns the
 class ids into a boolean anomaly mask).
 
-Config (a plain mapping, e.g. ``DataConfig.model_dump()``)::
+Config (a plain mapping): the published ``cuvis_ai_schemas`` DataConfig, whose ``splits`` select frames
+by ``dir_indices`` selectors (the frame ids), or our old shape with ``train_ids``/``val_ids``/``test_ids``
+(the factory maps the former onto the latter)::
 
     {data_module: "lentils_synthetic", batch_size: 2, num_workers: 0,
-     train_ids: [0, 1, 2], val_ids: [3], test_ids: [4, 5], params: {...source specific...}}
+     splits: {train: [{kind: dir_indices, ids: [0, 1, 2]}], val: [...], test: [...]},
+     params: {...source specific...}}
 
 Ids are lists of ints; strings such as ``"0-3,7"`` are accepted too (inclusive ranges). An id list left
 as None takes the default share (:func:`default_split`: 60 % train, 20 % val, 20 % test); ``[]`` is empty.

@@ -39,6 +39,14 @@ def build_datamodule(config: Mapping[str, Any] | Any, roots: DataRoots | None = 
     (cuvis SDK, tensorly) is missing.
     """
     cfg = _as_mapping(config)
+    if cfg.get("splits") is not None:  # the published form: dir_indices selectors -> frame ids
+        from cuvis_cluster.engine.schemas import splits_to_ids
+
+        try:
+            cfg = splits_to_ids(cfg)
+        except ValueError as exc:
+            raise InvalidArgument(f"data.{exc}", field="data.splits") from None
+    cfg.pop("splits", None)
     name = cfg.get("data_module") or DEFAULT_DATA_MODULE
     cls = DATA_MODULES.get(str(name))
     if cls is None:
