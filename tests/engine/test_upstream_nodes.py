@@ -245,3 +245,15 @@ def test_rx_file_without_cached_inverse_loads_and_scores_like_upstream() -> None
     ours = RXGlobal(num_channels=5, cache_inverse=False)
     load_node_states({"rx": ours}, {"state_dict": {"rx": theirs.state_dict()}, "metadata": {}}, strict=True)
     torch.testing.assert_close(ours(data=test)["scores"], theirs(data=test)["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_center_tracker_takes_alpha_in_the_range_upstream_takes() -> None:
+    # A pipeline of ours must load upstream, so the hparam ranges are upstream's: alpha in (0, 1].
+    for alpha in (0.0, -0.5, 1.5):
+        with pytest.raises((TypeError, ValueError)):
+            up_svdd.DeepSVDDCenterTracker(rep_dim=4, alpha=alpha)
+        with pytest.raises(TypeError, match="alpha"):
+            DeepSVDDCenterTracker(rep_dim=4, alpha=alpha)
+    for alpha in (1e-6, 1.0):
+        assert up_svdd.DeepSVDDCenterTracker(rep_dim=4, alpha=alpha).alpha == alpha
+        assert DeepSVDDCenterTracker(rep_dim=4, alpha=alpha).alpha == alpha

@@ -221,6 +221,8 @@ class DeepSVDDCenterTracker(Node):
     def __init__(self, rep_dim: int = 32, alpha: float = 0.1, update_in_eval: bool = False) -> None:
         d = int_param(rep_dim, "rep_dim", minimum=1, maximum=MAX_HIDDEN)
         a = float_param(alpha, "alpha", minimum=0.0, maximum=1.0)
+        if a == 0.0:  # upstream's class refuses it too: a pipeline with it would not load there
+            raise TypeError("alpha must be in (0, 1], got 0.0; a tiny alpha keeps the centre in place")
         super().__init__(rep_dim=d, alpha=a, update_in_eval=bool(update_in_eval))
         self.rep_dim, self.alpha, self.update_in_eval = d, a, bool(update_in_eval)
         self.register_buffer("_tracked_center", torch.zeros(d))
