@@ -3,7 +3,7 @@
 Every YAML that upstream's own engine loads offline here, and every anomaly/rx and anomaly/deep_svdd one,
 loads and runs in ours; where the pipeline needs fitted state, ours loads upstream's fit of it with
 ``strict=True`` and both engines' shared outputs agree. The same check writes docs/upstream-compat.md
-(tools/upstream_compat.py).
+(tests/compat/write_table.py).
 """
 
 from __future__ import annotations

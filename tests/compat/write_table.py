@@ -1,7 +1,7 @@
 """Regenerate docs/upstream-compat.md: every pipeline YAML shipped in cuvis-ai, through upstream's own
 in-process engine and ours, side by side (loads / runs / max abs diff of the outputs, or why not).
 
-    .venv/bin/python tools/upstream_compat.py [--out docs/upstream-compat.md] [--only anomaly/rx]
+    .venv/bin/python tests/compat/write_table.py [--out docs/upstream-compat.md] [--only anomaly/rx]
 
 Upstream writes tensorboard and checkpoint files relative to the working directory: everything runs in a
 temporary directory, nothing lands in the repository. Needs the ``upstream`` extra (cuvis-ai) installed.
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "compat"))
 
 import compat_table  # noqa: E402
