@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.cuvis import SMALL_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,13 +30,7 @@ from cuvis_cluster.errors import InvalidArgument
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = [
-    "data.params.height=32",
-    "data.params.width=32",
-    "data.params.num_frames=8",
-    "data.train_ids=[0,1,2,3]",
-    "data.val_ids=[4,5]",
-    "data.test_ids=[6,7]",
-    "data.batch_size=2",
+    *SMALL_DATA,
     "training.trainer.max_epochs=2",
     "training.optimizer.lr=0.01",
     "unfreeze_nodes=[channel_selector,logit]",

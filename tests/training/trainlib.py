@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import grpc
 import numpy as np
-import yaml
+from helpers.cuvis import pipeline_of  # noqa: F401  (re-exported for the training tests)
 
 from cuvis_cluster.wire import codec
 from cuvis_cluster.wire.pb import pb
@@ -39,12 +38,6 @@ def resolve(
         )
     )
     return json.loads(reply.config_bytes)
-
-
-def pipeline_of(trainrun: dict) -> dict:
-    """The pipeline a resolved train run references: ResolveConfig writes it under the worker's output
-    root and returns its path (the published TrainRunConfig holds a path); the tests' workers run here."""
-    return yaml.safe_load(Path(trainrun["pipeline"]).read_text())
 
 
 def set_trainrun(stub, session_id: str, trainrun: dict) -> pb.SetTrainRunConfigResponse:
