@@ -147,8 +147,7 @@ class Pipeline(nn.Module):
                     field=f"nodes.{index}.params",
                 ) from None
             node.name = spec.name
-            if hasattr(registry, "canonical_name"):  # the full name the config used, written back on save
-                node.class_name = registry.canonical_name(spec.type, cls_)
+            node.class_name = registry.canonical_name(spec.type, cls_)  # the name written back on save
             nodes[spec.name] = node
         connections = [
             (c.source_node, c.source_port, c.target_node, c.target_port) for c in model.connections
@@ -316,7 +315,7 @@ class Pipeline(nn.Module):
             if Stage.INFERENCE not in node.STAGES:
                 continue
             for port, spec in node.input_ports().items():
-                if (name, port) in self._incoming or (name, port) in self._fan_in or not spec.from_batch:
+                if (name, port) in self._incoming or not spec.from_batch:  # _incoming has fan-in ports too
                     continue
                 required = not spec.optional or self._needed_downstream(name, port)
                 if port in specs:

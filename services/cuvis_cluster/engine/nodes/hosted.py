@@ -36,7 +36,6 @@ from .base import ALL_STAGES, ANY_DTYPE, TORCH_DTYPES, Node, Port, Stage
 
 _DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 _STAGE_BY_VALUE = {s.value: s for s in Stage}
-PATH_HPARAMS = ("output_dir",)
 # Every hparam named like a path (``output_video_path``, ``log_dir``, ``save_file``...) is a place an
 # upstream node may write: it is resolved under the worker's output root, and one outside it is refused.
 _PATH_LIKE = re.compile(r"(^|_)(dir|path|file|filename)$")
@@ -89,7 +88,7 @@ class HostedNode(Node):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         kwargs = dict(params)
-        for key in [k for k in kwargs if k in PATH_HPARAMS or _PATH_LIKE.search(k)]:
+        for key in [k for k in kwargs if _PATH_LIKE.search(k)]:
             if isinstance(kwargs[key], str | Path):
                 kwargs[key] = str(self._confine(key, str(kwargs[key])))
         if "output_dir" not in kwargs and "output_dir" in _init_params(self.UPSTREAM):
