@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import torch
 from helpers.cuvis import SMALL_DATA
+from helpers.engines import bundled_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cuvis_cluster.engine import checkpoints
-from cuvis_cluster.engine.facade import Engine, EngineConfig
+from cuvis_cluster.engine.facade import Engine
 from cuvis_cluster.errors import InvalidArgument
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = [
     *SMALL_DATA,
     "training.trainer.max_epochs=2",
@@ -39,20 +39,8 @@ SMALL = [
 
 @pytest.fixture
 def engine(tmp_path) -> Any:
-    (tmp_path / "data").mkdir()
-    eng = Engine(
-        EngineConfig(
-            configs_dir=CONFIGS,
-            data_dir=tmp_path / "data",
-            output_dir=tmp_path / "outputs",
-            plugin_dirs=[],
-            extra_roots=[],
-            max_sessions=8,
-            device="cpu",
-        )
-    )
-    yield eng
-    eng.shutdown()
+    with bundled_engine(tmp_path) as eng:
+        yield eng
 
 
 def _run(engine: Engine, session: str, kind: str, **kwargs: Any) -> list:
