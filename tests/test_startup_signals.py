@@ -162,15 +162,6 @@ def spawn(tmp_path: Path, program: str, *args: str) -> tuple[procs.ServerProcess
     return server, port
 
 
-def port_binds(port: int) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", port))
-    except OSError:
-        return False
-    return True
-
-
 def group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -203,7 +194,7 @@ def assert_stopped_cleanly(server: procs.ServerProcess, port: int, sig: int, pro
     reason = f"{program}: {name} during start-up; stopped before serving"
     assert [line for line in server.log().splitlines() if line == reason], server.log()
     procs.wait_for(lambda: group_gone(server.pid), timeout=10, what=f"{program}'s process group to end")
-    procs.wait_for(lambda: port_binds(port), timeout=10, what=f"port {port} to bind again")
+    procs.wait_for(lambda: procs.port_listenable(port), timeout=10, what=f"port {port} to bind again")
 
 
 def wait_log(server: procs.ServerProcess, text: str, timeout: float = procs.START_TIMEOUT) -> None:
@@ -310,7 +301,7 @@ def test_signal_right_after_spawn(tmp_path: Path, silent_redis: SilentRedis, pro
     # 128 + sig. Never 0 (that would mean it went on to serve and drained).
     assert code != 0, server.log()
     procs.wait_for(lambda: group_gone(server.pid), timeout=10, what=f"{program}'s process group to end")
-    procs.wait_for(lambda: port_binds(port), timeout=10, what=f"port {port} to bind again")
+    procs.wait_for(lambda: procs.port_listenable(port), timeout=10, what=f"port {port} to bind again")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,22 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def port_listenable(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:``port`` again.
+
+    Binds with SO_REUSEADDR, as every server we start does (grpc core, asyncio's ``create_server`` and
+    redis-server all set it). A plain bind would also fail for a minute after the port's owner exited,
+    while its closed connections sit in TIME_WAIT; that is not "still in use" for a server.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -102,15 +102,6 @@ def ports_in(argvs: list[list[str]]) -> set[int]:
     return ports
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -185,7 +176,9 @@ def signal_and_check(run: Run, sig: int, started: dict[int, list[str]]) -> str:
     ports = ports_in(list(started.values()))
     run.proc.send_signal(sig)
     procs.wait_for(lambda: not tagged(run.tag), timeout=GONE_WITHIN, what="every child of up gone")
-    procs.wait_for(lambda: all(port_free(p) for p in ports), timeout=GONE_WITHIN, what="ports free")
+    procs.wait_for(
+        lambda: all(procs.port_listenable(p) for p in ports), timeout=GONE_WITHIN, what="ports free"
+    )
     run.proc.wait(timeout=GONE_WITHIN)
     return run.output()
 
