@@ -74,6 +74,11 @@ class _Base(BaseSettings):
         None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
     )
     redis_url: str | None = Field(None, description="redis:// or rediss:// URL of the routing store.")
+    cluster_token_file: Path | None = Field(
+        None,
+        description="File holding the cluster credential (its first line). Gateways send it to workers; "
+        "workers then accept only calls that carry it, and their control RPCs always need it.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -173,6 +178,11 @@ class WorkerSettings(_Base):
         6.0, gt=0, description="A worker whose heartbeat is older than this is considered lost."
     )
     max_workers: int = Field(16, ge=1, description="Threads serving RPCs.")
+    standalone: bool = Field(
+        False,
+        description="Serve clients directly, with no gateway in front: calls without the cluster "
+        "credential are accepted as anonymous (their owner metadata is ignored); control RPCs still need it.",
+    )
 
     @property
     def advertised_address(self) -> str:
@@ -213,7 +223,92 @@ class GatewaySettings(_Base):
         "uvloop",
         description="Event loop: uvloop (the standard asyncio loop when uvloop is not installed) or asyncio.",
     )
+    max_sessions_per_identity: int = Field(
+        8,
+        ge=0,
+        description="Sessions one client identity may hold at once across the cluster (0 = no limit).",
+    )
+    identity_capacity_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the cluster's session capacity (the workers' max_sessions summed) that one "
+        "identity may hold; at least one session.",
+    )
+    worker_connect_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long opening a connection to a worker may take before it counts as failed.",
+    )
+    worker_keepalive_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Interval of the HTTP/2 PINGs the gateway sends on each worker connection "
+        "with calls open.",
+    )
+    worker_keepalive_timeout_seconds: float = Field(
+        3.0,
+        gt=0,
+        description="A worker that leaves a PING unanswered this long is declared lost and its calls fail.",
+    )
     # The gateway's HTTP/2 engine, for client and worker connections alike (gateway/h2frames.H2Limits).
+    http2_max_connections: int = Field(
+        10000,
+        ge=1,
+        description="Client connections the gateway holds at once; further ones are closed at accept.",
+    )
+    http2_handshake_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a new client connection has for its TLS handshake, HTTP/2 preface "
+        "and first SETTINGS.",
+    )
+    http2_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to finish a header block it started (HEADERS + CONTINUATION).",
+    )
+    http2_idle_timeout_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A client connection with no call open this long is closed with GOAWAY.",
+    )
+    http2_keepalive_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Interval of the HTTP/2 PINGs the gateway sends to a client whose connection is quiet.",
+    )
+    http2_keepalive_timeout_seconds: float = Field(
+        20.0, gt=0, description="A client that leaves a PING unanswered this long is disconnected."
+    )
+    http2_slow_reader_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A client that reads nothing while the gateway has data buffered for it "
+        "this long is disconnected.",
+    )
+    http2_abuse_window_seconds: float = Field(
+        10.0, gt=0, description="Window over which a connection's resets and control frames are counted."
+    )
+    http2_max_resets_per_window: int = Field(
+        200,
+        ge=1,
+        description="Streams a client may reset (or have refused) per window before "
+        "GOAWAY ENHANCE_YOUR_CALM.",
+    )
+    http2_max_control_frames_per_window: int = Field(
+        1000,
+        ge=1,
+        description="SETTINGS, PING, PRIORITY, WINDOW_UPDATE, empty and unknown frames a client may send per "
+        "window before GOAWAY ENHANCE_YOUR_CALM.",
+    )
+    http2_max_control_queue_bytes: int = Field(
+        256 * KIB,
+        ge=4 * KIB,
+        le=64 * MIB,
+        description="Control frames (acks, resets) queued for a client that does not read; "
+        "past it, disconnect.",
+    )
     http2_stream_window_bytes: int = Field(
         16 * MIB,
         ge=65535,

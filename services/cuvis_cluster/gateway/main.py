@@ -34,8 +34,9 @@ from cuvis_cluster.gateway.own_services import LOCAL_METHODS, LOCAL_PATHS, OPEN_
 from cuvis_cluster.gateway.placement import PlacementPolicy
 from cuvis_cluster.gateway.registry import Registry, grpc_probe
 from cuvis_cluster.gateway.router import SessionRouter
-from cuvis_cluster.gateway.security import ServerTls, TokenFile, client_tls
+from cuvis_cluster.gateway.security import ServerTls, TokenFile, client_tls, read_cluster_token
 from cuvis_cluster.gateway.upstreams import Upstreams
+from cuvis_cluster.routing.metadata import CLUSTER_TOKEN_METADATA
 
 log = logging.getLogger("cuvis_cluster.gateway")
 
@@ -91,8 +92,11 @@ class Gateway:
                 certificate_chain=s.worker_tls_cert.read_bytes() if s.worker_tls_cert else None,
             )
 
+        cluster_token = read_cluster_token(s.cluster_token_file)
+        probe_metadata = ((CLUSTER_TOKEN_METADATA, cluster_token.decode()),) if cluster_token else ()
+
         async def probe(address: str) -> tuple[str, str]:
-            return await grpc_probe(address, credentials=probe_credentials)
+            return await grpc_probe(address, credentials=probe_credentials, metadata=probe_metadata)
 
         self.registry = Registry(
             s.redis_url,  # type: ignore[arg-type]
@@ -121,6 +125,8 @@ class Gateway:
             mutual_tls=bool(s.tls_client_ca),
             metrics=self.metrics,
             max_message_bytes=s.max_message_bytes,
+            cluster_token=cluster_token,
+            settings=s,
         )
         self.frontend = FrontEnd(self.router, self.upstreams, metrics=self.metrics, pool=pool, limits=limits)
         self.upstreams.on_lost = lambda address, exc: self.registry.connection_failed(address)

@@ -37,7 +37,7 @@ from cuvis_cluster.gateway.h2link import Leg, Link
 from cuvis_cluster.gateway.routes import Plan, Route
 from cuvis_cluster.gateway.scan import FieldScanner, ScanError, message_too_large
 from cuvis_cluster.gateway.upstreams import reason
-from cuvis_cluster.routing.metadata import PREFIX
+from cuvis_cluster.routing.metadata import CLUSTER_TOKEN_HEADER, PREFIX
 from cuvis_cluster.wire.status import status_for
 
 # Metadata a client may not set: the gateway drops it and adds its own (routing.metadata).
@@ -419,6 +419,8 @@ class Call:
         if self.deadline is not None:
             out.append((b"grpc-timeout", grpcwire.format_timeout(self.deadline - time.monotonic())))
         out.extend(route.extra_headers)
+        if not route.local and self.fe.router.cluster_token is not None:
+            out.append((CLUSTER_TOKEN_HEADER, self.fe.router.cluster_token))
         return out
 
     def _credit_down(self, n: int) -> None:

@@ -317,7 +317,11 @@ class Registry:
 
 
 async def grpc_probe(
-    address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = 2.0
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+    timeout: float = 2.0,
 ) -> tuple[str, str]:
     """Ask ``address`` for its instance id (``GetWorkerStatus``): ``(PROBE_OK, id)``, or
     ``(PROBE_REFUSED, "")`` when nothing accepts connections there, or ``(PROBE_TIMEOUT, "")``."""
@@ -330,7 +334,9 @@ async def grpc_probe(
         )
         try:
             stub = control_pb2_grpc.WorkerControlServiceStub(channel)
-            reply = stub.GetWorkerStatus(control_pb2.GetWorkerStatusRequest(), timeout=timeout)
+            reply = stub.GetWorkerStatus(
+                control_pb2.GetWorkerStatusRequest(), metadata=metadata, timeout=timeout
+            )
             return PROBE_OK, reply.status.instance_id
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:

@@ -23,6 +23,7 @@ import grpc
 from redis.exceptions import RedisError
 
 from cuvis_cluster import errors
+from cuvis_cluster.common.settings import GatewaySettings
 from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy
 from cuvis_cluster.gateway.proxy import Call
 from cuvis_cluster.gateway.registry import Registry
@@ -121,7 +122,12 @@ class SessionRouter(Router):
         mutual_tls: bool = False,
         metrics: Any = None,
         max_message_bytes: int = 0,
+        cluster_token: bytes | None = None,
+        settings: GatewaySettings | None = None,
     ) -> None:
+        # What every call forwarded to a worker carries to prove it comes through the cluster.
+        self.cluster_token = cluster_token
+        self.settings = settings  # None: no per-identity quotas (tests that build a router alone)
         self.max_message = max_message_bytes
         self.registry = registry
         self.table = method_table()

@@ -40,6 +40,9 @@ class Plan:
 class Router:
     """Interface the front end needs from the routing layer."""
 
+    # The cluster credential sent to workers on every forwarded call (None: workers trust any caller).
+    cluster_token: bytes | None = None
+
     def plan(self, call: Call) -> Plan:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -132,3 +132,14 @@ def certificate_identity(peer_cert: dict | None) -> str:
             if key == "commonName":
                 return value
     return ""
+
+
+def read_cluster_token(path: Path | None) -> bytes | None:
+    """The cluster credential: the first line of ``path`` (None when no file is configured)."""
+    if path is None:
+        return None
+    lines = Path(path).read_text().splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise SystemExit(f"the cluster token file {path} is empty")
+    return token.encode("ascii")

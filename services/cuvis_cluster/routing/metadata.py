@@ -15,6 +15,11 @@ OWNER_METADATA = PREFIX + "owner"
 # later process at the same address: it refuses the call (see cuvis_cluster.worker.fencing).
 INSTANCE_METADATA = PREFIX + "worker-instance"
 
+# The cluster credential (``cluster_token_file``): gateways send it on every call to a worker, and a
+# worker configured with it refuses calls without it (UNAUTHENTICATED).
+CLUSTER_TOKEN_METADATA = PREFIX + "cluster-token"
+
 # The same keys as HTTP/2 header names, as the gateway's front end handles them.
 OWNER_HEADER = OWNER_METADATA.encode("ascii")
 INSTANCE_HEADER = INSTANCE_METADATA.encode("ascii")
+CLUSTER_TOKEN_HEADER = CLUSTER_TOKEN_METADATA.encode("ascii")
