@@ -191,8 +191,8 @@ def _tensor_entry(buf: memoryview, start: int, end: int) -> tuple[str, TensorVie
     """One ``map<string, Tensor>`` entry; a missing key is "" and a missing value an empty Tensor."""
     key, tensor = "", None
     for number, wire, value in _fields(buf, start, end):
-        if number in (_KEY, _VALUE) and wire != _LEN:
-            raise _Fallback
+        if number not in (_KEY, _VALUE) or wire != _LEN:
+            raise _Fallback  # protobuf keeps an entry with a foreign field as an unknown field
         if number == _KEY:
             key = _text(buf, value)
         elif number == _VALUE:
@@ -286,6 +286,8 @@ def _parse_response(data: bytes) -> FastInferenceResponse:
                     if entry_wire != _I32:
                         raise _Fallback
                     metric = float(np.frombuffer(buf, dtype="<f4", count=1, offset=entry_value)[0])
+                else:  # protobuf keeps an entry with a foreign field as an unknown field, not a metric
+                    raise _Fallback
             response.metrics[key] = metric
     return response
 
