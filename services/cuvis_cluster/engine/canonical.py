@@ -66,11 +66,12 @@ def old_dialect(config_type: str, data: Any) -> list[str]:
         return found
     kind = (config_type or "").strip().lower()
     if kind == "pipeline":
-        for node in data.get("nodes") or []:
+        # Only a list is walked: this runs before validation, on whatever the client sent.
+        for node in _list_of(data.get("nodes")):
             if isinstance(node, dict) and ("type" in node or "params" in node):
                 found.append("nodes: 'type'/'params' (use 'class_name'/'hparams')")
                 break
-        for conn in data.get("connections") or []:
+        for conn in _list_of(data.get("connections")):
             if isinstance(conn, dict) and any(
                 isinstance(conn.get(k), str) and conn[k].count(".") == 1 for k in ("source", "target")
             ):
@@ -93,6 +94,10 @@ def old_dialect(config_type: str, data: Any) -> list[str]:
         found += old_dialect("data", data.get("data"))
         found += old_dialect("training", data.get("training"))
     return found
+
+
+def _list_of(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def warn_old_dialect(config_type: str, data: Any, where: str = "") -> None:

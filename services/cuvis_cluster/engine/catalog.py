@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from cuvis_cluster.engine.bounds import check_path, client_path, shown
 from cuvis_cluster.engine.roots import inside
 from cuvis_cluster.engine.session_pipeline import metadata_of
 from cuvis_cluster.engine.types import PipelineEntry
@@ -61,13 +62,19 @@ def pipeline_info(root: Path, pipeline_path: str) -> PipelineEntry:
     field = "pipeline_path"
     if not text:
         raise InvalidArgument(f"{field}: a path relative to the pipeline configs is required", field=field)
+    check_path(text, field)
+    with client_path(field, text):
+        return _pipeline_info(root, text, field)
+
+
+def _pipeline_info(root: Path, text: str, field: str) -> PipelineEntry:
     p = Path(text)
     if p.is_absolute() or "\\" in text or text.startswith("~"):
-        raise InvalidArgument(f"{field}: {text!r} must be a relative '/'-separated path", field=field)
+        raise InvalidArgument(f"{field}: {shown(text)} must be a relative '/'-separated path", field=field)
     if any(part in ("..", ".") for part in p.parts):
-        raise InvalidArgument(f"{field}: {text!r} must not contain '.' or '..' components", field=field)
+        raise InvalidArgument(f"{field}: {shown(text)} must not contain '.' or '..' components", field=field)
     if p.suffix not in (".yaml", ".yml"):
-        raise InvalidArgument(f"{field}: {text!r} must name a .yaml file", field=field)
+        raise InvalidArgument(f"{field}: {shown(text)} must name a .yaml file", field=field)
     candidates = [root / p]
     if p.parts[0] == "pipeline" and len(p.parts) > 1:
         candidates.append(root / Path(*p.parts[1:]))
@@ -75,10 +82,10 @@ def pipeline_info(root: Path, pipeline_path: str) -> PipelineEntry:
     for cand in candidates:
         real = cand.resolve()
         if not inside(real, [real_root]):
-            raise InvalidArgument(f"{field}: {text!r} escapes the pipeline configs root", field=field)
+            raise InvalidArgument(f"{field}: {shown(text)} escapes the pipeline configs root", field=field)
         if real.is_file():
             entry = _entry(root, cand)
             if entry is None:
-                raise InvalidArgument(f"{field}: {text!r} is not a pipeline config", field=field)
+                raise InvalidArgument(f"{field}: {shown(text)} is not a pipeline config", field=field)
             return dataclasses.replace(entry, yaml_content=real.read_text(encoding="utf-8"))
-    raise NotFound(f"{field}: pipeline {text!r} not found", field=field)
+    raise NotFound(f"{field}: pipeline {shown(text)} not found", field=field)

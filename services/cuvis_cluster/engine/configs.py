@@ -29,7 +29,6 @@ path, Hydra/YAML/override errors and validation failures -> InvalidArgument nami
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import types
@@ -38,14 +37,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from pydantic import BaseModel
 
-from cuvis_cluster.engine import canonical, schemas
+from cuvis_cluster.engine import bounds, canonical, schemas
 from cuvis_cluster.engine.roots import atomic_write, yaml_bytes
 from cuvis_cluster.errors import CuvisError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
@@ -70,8 +68,10 @@ def _inside(real: Path, dirs: Iterable[Path]) -> bool:
     return False
 
 
-def _with_suffix(text: str) -> Path:
+def _with_suffix(text: str, field: str = "path") -> Path:
     p = Path(text)
+    if p.name in ("", ".", ".."):
+        raise InvalidArgument(f"{field}: {bounds.shown(text)} does not name a config file", field=field)
     return p if p.suffix in _YAML_SUFFIXES else p.with_name(p.name + ".yaml")
 
 
@@ -82,22 +82,29 @@ def locate(
     text = (path or "").strip()
     if not text:
         raise InvalidArgument("path: a config path is required", field="path")
-    if "\x00" in text:
-        raise InvalidArgument("path: contains a NUL byte", field="path")
+    bounds.check_path(text, "path")
+    with bounds.client_path("path", text):
+        return _locate(config_type, text, search_paths, roots)
+
+
+def _locate(
+    config_type: str, text: str, search_paths: Sequence[Path], roots: Sequence[Path]
+) -> tuple[Path, str, Path]:
     allowed = [*search_paths, *roots]
     wanted = _with_suffix(text)
     if wanted.is_absolute():
         real = wanted.resolve()
         if not _inside(real, allowed):
             raise PermissionDenied(
-                f"path: {text!r} lies outside the session's search paths and the allowed roots", field="path"
+                f"path: {bounds.shown(text)} lies outside the session's search paths and the allowed roots",
+                field="path",
             )
         if not real.is_file():
-            raise NotFound(f"config {text!r} not found", field="path")
+            raise NotFound(f"config {bounds.shown(text)} not found", field="path")
         base = next(Path(d).resolve() for d in allowed if _inside(real, [d]))
         return _hydra_root(base, real.relative_to(base), allowed, real)
     if ".." in wanted.parts:
-        raise InvalidArgument(f"path: {text!r} must not contain '..'", field="path")
+        raise InvalidArgument(f"path: {bounds.shown(text)} must not contain '..'", field="path")
     candidates = [wanted]
     if config_type in GROUPS and wanted.parts[0] != config_type:
         candidates.append(Path(config_type) / wanted)
@@ -109,11 +116,14 @@ def locate(
             real = file.resolve()
             if not _inside(real, allowed):
                 raise PermissionDenied(
-                    f"path: {text!r} resolves (through a symlink) outside the allowed roots", field="path"
+                    f"path: {bounds.shown(text)} resolves (through a symlink) outside the allowed roots",
+                    field="path",
                 )
             return _hydra_root(base, rel, allowed, real)
     shown = ", ".join(str(p) for p in search_paths) or "(none)"
-    raise NotFound(f"config {text!r} ({config_type}) not found in the search paths: {shown}", field="path")
+    raise NotFound(
+        f"config {bounds.shown(text)} ({config_type}) not found in the search paths: {shown}", field="path"
+    )
 
 
 def _hydra_root(base: Path, rel: Path, allowed: Sequence[Path], real: Path) -> tuple[Path, str, Path]:
@@ -518,10 +528,18 @@ def _find_pipeline_ref(
     ref: str, trainrun_file: Path, search_paths: Sequence[Path], roots: Sequence[Path]
 ) -> Path:
     """The pipeline file a trainrun's ``pipeline: <path>`` names (relative to the trainrun file first)."""
-    allowed = [*search_paths, *roots]
     if not ref.strip():
         raise InvalidArgument("pipeline: empty pipeline reference", field="pipeline")
-    wanted = _with_suffix(ref.strip())
+    bounds.check_path(ref.strip(), "pipeline")
+    with bounds.client_path("pipeline", ref):
+        return _find_pipeline_file(ref, trainrun_file, search_paths, roots)
+
+
+def _find_pipeline_file(
+    ref: str, trainrun_file: Path, search_paths: Sequence[Path], roots: Sequence[Path]
+) -> Path:
+    allowed = [*search_paths, *roots]
+    wanted = _with_suffix(ref.strip(), "pipeline")
     if wanted.is_absolute():
         candidates = [wanted]
     else:
@@ -535,45 +553,32 @@ def _find_pipeline_ref(
         if cand.is_file():
             real = cand.resolve()
             if not _inside(real, allowed):
-                raise PermissionDenied(f"pipeline: {ref!r} lies outside the allowed roots", field="pipeline")
+                raise PermissionDenied(
+                    f"pipeline: {bounds.shown(ref)} lies outside the allowed roots", field="pipeline"
+                )
             return real
     raise NotFound(
-        f"pipeline: the referenced pipeline {ref!r} was not found (looked next to {trainrun_file.name} "
-        "and in the search paths)",
+        f"pipeline: the referenced pipeline {bounds.shown(ref)} was not found "
+        f"(looked next to {trainrun_file.name} and in the search paths)",
         field="pipeline",
     )
 
 
 def parse_payload(payload: bytes | str | Mapping[str, Any] | None, field: str) -> dict[str, Any]:
     """A config a client sent: JSON (or YAML) bytes / text / dict -> dict; InvalidArgument naming
-    ``field`` when it is empty, not UTF-8, malformed or not an object."""
+    ``field`` when it is empty, not UTF-8, malformed, not an object, or over the limits of
+    :mod:`.bounds` (size, nesting, number of values)."""
     if payload is None:
         raise InvalidArgument(f"{field}: the config is empty", field=field)
     data: Any
     if isinstance(payload, Mapping):
         data = dict(payload)
+        bounds.check_tree(data, field)
     else:
-        if isinstance(payload, bytes | bytearray | memoryview):
-            try:
-                text = bytes(payload).decode("utf-8", errors="strict")
-            except UnicodeDecodeError as exc:
-                raise InvalidArgument(
-                    f"{field}: not UTF-8 text (invalid byte at offset {exc.start}); send JSON or YAML",
-                    field=field,
-                ) from None
-        else:
-            text = str(payload)
+        text = bounds.document_text(payload, field)
         if not text.strip():
             raise InvalidArgument(f"{field}: the config is empty", field=field)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as json_exc:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError:
-                raise InvalidArgument(f"{field}: not valid JSON: {json_exc}", field=field) from None
-            if not isinstance(data, dict):
-                raise InvalidArgument(f"{field}: not valid JSON: {json_exc}", field=field) from None
+        data = bounds.parse_document(text, field)
     if not isinstance(data, dict):
         raise InvalidArgument(f"{field}: expected a JSON object, got {type(data).__name__}", field=field)
     if not data:

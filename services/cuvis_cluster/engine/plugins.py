@@ -31,7 +31,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import itertools
-import json
 import re
 import sys
 import threading
@@ -41,9 +40,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cuvis_cluster.engine.bounds import check_path, client_path, parse_document, shown
 from cuvis_cluster.engine.nodes.base import (
     BUILTIN_PLUGIN,
     Node,
@@ -177,19 +176,21 @@ class PluginManager:
                 "plugins are refused",
                 field="path",
             )
-        given = Path(raw).expanduser()
-        candidates = [given] if given.is_absolute() else [root / given for root in self.roots]
-        for candidate in candidates:
-            resolved = candidate.resolve()
-            if _under(resolved, self.roots) is None:
-                raise PermissionDenied(
-                    f"plugin path {raw!r} resolves to {resolved}, outside the allowed plugin roots "
-                    f"({', '.join(str(r) for r in self.roots)})",
-                    field="path",
-                )
-            if resolved.exists():
-                return resolved
-        raise PluginError(f"plugin path {raw!r} does not exist under the plugin roots")
+        check_path(raw, "manifest.path")
+        with client_path("manifest.path", raw):
+            given = Path(raw).expanduser()
+            candidates = [given] if given.is_absolute() else [root / given for root in self.roots]
+            for candidate in candidates:
+                resolved = candidate.resolve()
+                if _under(resolved, self.roots) is None:
+                    raise PermissionDenied(
+                        f"plugin path {shown(raw)} resolves outside the allowed plugin roots "
+                        f"({', '.join(str(r) for r in self.roots)})",
+                        field="path",
+                    )
+                if resolved.exists():
+                    return resolved
+        raise PluginError(f"plugin path {shown(raw)} does not exist under the plugin roots")
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, session: Any, manifest_bytes: bytes | str) -> tuple[str, str]:
@@ -199,15 +200,7 @@ class PluginManager:
             raise InvalidArgument("the plugin manifest is empty", field="manifest")
         if len(raw) > MAX_MANIFEST_BYTES:
             raise InvalidArgument(f"the plugin manifest exceeds {MAX_MANIFEST_BYTES} bytes", field="manifest")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            try:  # upstream's manifests are YAML
-                data = yaml.safe_load(raw.decode("utf-8"))
-            except (UnicodeDecodeError, yaml.YAMLError):
-                raise InvalidArgument(
-                    f"the plugin manifest is neither JSON nor YAML: {exc}", field="manifest"
-                ) from None
+        data = parse_document(raw, "manifest")  # JSON, or YAML as upstream writes manifests
         if not isinstance(data, dict):
             raise InvalidArgument("the plugin manifest must be a JSON/YAML mapping", field="manifest")
         remote = data.get("repo") or data.get("git") or data.get("url")

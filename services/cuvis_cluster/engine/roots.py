@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from cuvis_cluster.engine.bounds import NAME_MAX, PATH_MAX, check_path, client_path, shown
 from cuvis_cluster.engine.data import DataModule, DataRoots, build_datamodule
 from cuvis_cluster.engine.types import EngineConfig
-from cuvis_cluster.errors import InvalidArgument, NotFound, PermissionDenied
+from cuvis_cluster.errors import CuvisError, InvalidArgument, NotFound, PermissionDenied
 
 
 def inside(real: Path, dirs: Iterable[Path]) -> bool:
@@ -28,13 +29,12 @@ def inside(real: Path, dirs: Iterable[Path]) -> bool:
 
 
 def path_text(path: str | None, field: str) -> str:
-    """A user-given path, stripped; InvalidArgument naming ``field`` when empty or containing NUL."""
+    """A user-given path, stripped; InvalidArgument naming ``field`` when empty or not a path the file
+    system can take (:func:`.bounds.check_path`: NUL, lone surrogates, too long)."""
     text = (path or "").strip()
     if not text:
         raise InvalidArgument(f"{field}: a path is required", field=field)
-    if "\x00" in text:
-        raise InvalidArgument(f"{field}: contains a NUL byte", field=field)
-    return text
+    return check_path(text, field)
 
 
 _UMASK_LOCK = threading.Lock()
@@ -52,7 +52,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file and rename; the file gets ``0o666 & ~umask`` like a plain ``open`` would
     (mkstemp creates 0600, which other readers of a shared volume cannot open)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    # The temp name adds a dot and 8 random characters: shorten the prefix so that a name that fits
+    # NAME_MAX itself still gets a temp file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -110,57 +112,86 @@ class Roots:
         rejected: list[str] = []
         for raw in paths:
             text = str(raw or "").strip()
-            if not text or "\x00" in text:
-                rejected.append(str(raw))
-                continue
-            p = Path(text).expanduser()
-            options = [p] if p.is_absolute() else [r / p for r in roots]
-            chosen = None
-            for option in options:
-                try:
-                    real = option.resolve()
-                except (OSError, RuntimeError):
-                    continue
-                if real.is_dir() and inside(real, roots):
-                    chosen = real
-                    break
+            try:
+                chosen = self._search_dir(path_text(text, "search_paths"), roots)
+            except CuvisError:  # not a path at all (NUL, too long): rejected like one outside the roots
+                chosen = None
             if chosen is None:
                 rejected.append(text)
             else:
                 accepted.append(chosen)
         return accepted, rejected
 
+    @staticmethod
+    def _search_dir(text: str, roots: list[Path]) -> Path | None:
+        with client_path("search_paths", text):
+            p = Path(text).expanduser()
+        options = [p] if p.is_absolute() else [r / p for r in roots]
+        for option in options:
+            try:
+                with client_path("search_paths", text):
+                    real = option.resolve()
+                    if real.is_dir() and inside(real, roots):
+                        return real
+            except CuvisError:  # too long once joined to this root, a symlink loop: try the next root
+                continue
+        return None
+
     def output_file(self, path: str, field: str, suffixes: tuple[str, ...] = (".yaml", ".yml")) -> Path:
         """A writable path under output_dir for ``path`` (relative to it, or absolute inside it)."""
         text = path_text(path, field)
+        with client_path(field, text):
+            return self._output_file(text, field, suffixes)
+
+    def _output_file(self, text: str, field: str, suffixes: tuple[str, ...]) -> Path:
         p = Path(text).expanduser()
         if text.endswith(("/", os.sep)) or p.name in ("", ".", ".."):
-            raise InvalidArgument(f"{field}: {text!r} does not name a file", field=field)
+            raise InvalidArgument(f"{field}: {shown(text)} does not name a file", field=field)
         given = p if p.is_absolute() else self.output_dir / p
         if given.is_dir():
-            raise InvalidArgument(f"{field}: {text!r} is a directory", field=field)
+            raise InvalidArgument(f"{field}: {shown(text)} is a directory", field=field)
         if p.suffix not in suffixes:
             if p.suffix and p.suffix != ".pt":
                 raise InvalidArgument(
-                    f"{field}: {text!r} must end in {' or '.join(suffixes)} (or have no suffix)", field=field
+                    f"{field}: {shown(text)} must end in {' or '.join(suffixes)} (or have no suffix)",
+                    field=field,
                 )
             p = p.with_suffix(suffixes[0]) if p.suffix == ".pt" else p.with_name(p.name + suffixes[0])
         target = p if p.is_absolute() else self.output_dir / p
         real = target.resolve()
         if not inside(real, [self.output_dir]):
             raise PermissionDenied(
-                f"{field}: {text!r} lies outside the output root {self.output_dir}; "
+                f"{field}: {shown(text)} lies outside the output root {self.output_dir}; "
                 "use a path relative to it",
                 field=field,
             )
         if real.exists() and real.is_dir():
-            raise InvalidArgument(f"{field}: {text!r} is a directory", field=field)
+            raise InvalidArgument(f"{field}: {shown(text)} is a directory", field=field)
         return real
+
+    @staticmethod
+    def sibling(file: Path, name: str, field: str, text: str) -> Path:
+        """``file.with_name(name)`` for a file written next to an output file (SaveTrainRun's pipeline and
+        weights); InvalidArgument naming ``field`` when the longer name no longer fits the file system,
+        so the save fails before it writes anything rather than halfway."""
+        path = file.with_name(name)
+        if len(name.encode("utf-8")) > NAME_MAX or len(str(path).encode("utf-8")) >= PATH_MAX:
+            raise InvalidArgument(
+                f"{field}: {shown(text)} is too long for the files written next to it ({name[:40]}...)",
+                field=field,
+            )
+        return path
 
     def find_file(self, text: str, bases: Iterable[Path], field: str, suffix: str) -> Path:
         """An existing file for ``text`` (relative: first base that has it), confined to the roots."""
         text = path_text(text, field)
+        with client_path(field, text):
+            return self._find_file(text, bases, field, suffix)
+
+    def _find_file(self, text: str, bases: Iterable[Path], field: str, suffix: str) -> Path:
         p = Path(text).expanduser()
+        if p.name in ("", ".", ".."):
+            raise InvalidArgument(f"{field}: {shown(text)} does not name a file", field=field)
         if not p.suffix:
             p = p.with_name(p.name + suffix)
         base_dirs = [Path(b) for b in bases]
@@ -169,7 +200,7 @@ class Roots:
         for cand in candidates:
             real = cand.resolve()
             if not inside(real, allowed):
-                raise PermissionDenied(f"{field}: {text!r} lies outside the allowed roots", field=field)
+                raise PermissionDenied(f"{field}: {shown(text)} lies outside the allowed roots", field=field)
             if real.is_file():
                 return real
-        raise NotFound(f"{field}: {text!r} not found", field=field)
+        raise NotFound(f"{field}: {shown(text)} not found", field=field)

@@ -132,7 +132,7 @@ def _merged_metadata(current: Mapping[str, Any], given: PipelineMetadata | None)
 def save(session: Session, roots: Roots, path: str, metadata: PipelineMetadata | None) -> SavedPipeline:
     """SavePipeline: the config as YAML and the weights as ``.pt`` next to it, under the output root."""
     yaml_path = roots.output_file(path, "pipeline_path")
-    pt_path = yaml_path.with_suffix(".pt")
+    pt_path = roots.sibling(yaml_path, f"{yaml_path.stem}.pt", "pipeline_path", path)
     with session.reading():
         session.refuse_if_training("SavePipeline")
         pipeline = require(session)

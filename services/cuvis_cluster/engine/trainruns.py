@@ -151,8 +151,8 @@ def save(session: Session, roots: Roots, path: str, save_weights: bool = False) 
     """SaveTrainRun: ``<path>.yaml`` naming ``<stem>_pipeline.yaml`` next to it, optionally ``<stem>.pt``."""
     trainrun_path = roots.output_file(path, "trainrun_path")
     stem = trainrun_path.stem
-    pipeline_path = trainrun_path.with_name(f"{stem}_pipeline.yaml")
-    weights_path = trainrun_path.with_suffix(".pt")
+    pipeline_path = roots.sibling(trainrun_path, f"{stem}_pipeline.yaml", "trainrun_path", path)
+    weights_path = roots.sibling(trainrun_path, f"{stem}.pt", "trainrun_path", path)
     with session.reading():
         session.refuse_if_training("SaveTrainRun")
         pipeline = session_pipeline.require(session)

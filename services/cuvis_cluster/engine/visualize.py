@@ -12,9 +12,8 @@ import json
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from cuvis_cluster.engine import schemas
+from cuvis_cluster.engine.bounds import document_text, parse_yaml
 from cuvis_cluster.engine.nodes import BUILTIN
 from cuvis_cluster.engine.nodes.base import native_index
 from cuvis_cluster.engine.nodes.classes import builtin_manifest
@@ -51,18 +50,14 @@ def normalize_format(fmt: str | None) -> str:
 
 def parse_config_content(content: str | bytes) -> dict[str, Any]:
     """A pipeline config from YAML or JSON text (a trainrun with an inline pipeline also works)."""
-    raw = content.encode() if isinstance(content, str) else bytes(content)
+    raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else bytes(content)
     if len(raw) > MAX_CONFIG_BYTES:
         raise InvalidArgument(
             f"config_content is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES} bytes",
             field="config_content",
         )
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidArgument(
-            f"config_content is neither YAML nor JSON: {exc}", field="config_content"
-        ) from None
+    # YAML (a superset of JSON) with the bounds every client document gets: nesting, values, UTF-8
+    data = parse_yaml(document_text(raw, "config_content"), "config_content")
     if isinstance(data, dict) and "nodes" not in data and isinstance(data.get("pipeline"), dict):
         data = data["pipeline"]
     if not isinstance(data, dict):

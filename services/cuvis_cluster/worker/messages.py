@@ -7,11 +7,11 @@ unknown name degrades to the enum's UNSPECIFIED value instead of failing a reply
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
+from cuvis_cluster.engine import bounds
 from cuvis_cluster.engine.types import (
     CalibrationOutcome,
     CheckpointRestore,
@@ -105,13 +105,11 @@ def floats(values: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def json_config(payload: bytes, *, field: str) -> dict[str, Any] | None:
-    """Parse an optional JSON config field: empty -> None, malformed or non-object -> InvalidArgument."""
+    """Parse an optional JSON config field: empty -> None; malformed, non-object, too big or too deeply
+    nested (the engine's bounds on client documents) -> InvalidArgument naming ``field``."""
     if not payload:
         return None
-    try:
-        value = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"{field}: not valid UTF-8 JSON: {exc}", field=field) from exc
+    value = bounds.parse_json(payload, field)
     if not isinstance(value, dict):
         raise InvalidArgument(f"{field}: expected a JSON object, got {type(value).__name__}", field=field)
     return value

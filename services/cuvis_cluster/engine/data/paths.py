@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cuvis_cluster.engine.bounds import check_path, client_path, shown
 from cuvis_cluster.errors import CuvisError, InvalidArgument, NotFound, PermissionDenied
 
 
@@ -58,27 +59,29 @@ class DataRoots:
         text = os.fspath(path)
         if not isinstance(text, str) or not text.strip():
             raise InvalidArgument(f"{field}: path is empty", field=field)
-        if "\x00" in text:
-            raise InvalidArgument(f"{field}: path {text!r} contains a NUL byte", field=field)
+        check_path(text, field)
+        with client_path(field, text):
+            return self._resolve(text, field, must_exist, relative_only, escape_error)
+
+    def _resolve(
+        self, text: str, field: str, must_exist: bool, relative_only: bool, escape_error: type[CuvisError]
+    ) -> Path:
         candidate = Path(text).expanduser()
         if candidate.is_absolute():
             if relative_only:
                 raise InvalidArgument(
-                    f"{field}: {text!r} must be a path relative to the configured roots", field=field
+                    f"{field}: {shown(text)} must be a path relative to the configured roots", field=field
                 )
             options = [candidate]
         else:
             options = [root / candidate for root in self.roots]
         chosen: Path | None = None
         for option in options:
-            try:
-                real = option.resolve()
-            except (OSError, RuntimeError) as exc:  # symlink loops and the like
-                raise InvalidArgument(f"{field}: cannot resolve {text!r}: {exc}", field=field) from None
+            real = option.resolve()  # a symlink loop: InvalidArgument from client_path
             inside = any(real == root or real.is_relative_to(root) for root in self.roots)
             if not inside:
                 raise escape_error(
-                    f"{field}: {text!r} lies outside the allowed roots "
+                    f"{field}: {shown(text)} lies outside the allowed roots "
                     f"({', '.join(str(r) for r in self.roots)})",
                     field=field,
                 )
@@ -89,7 +92,7 @@ class DataRoots:
                 break
         assert chosen is not None
         if must_exist and not chosen.exists():
-            raise NotFound(f"{field}: {text!r} does not exist under the allowed roots", field=field)
+            raise NotFound(f"{field}: {shown(text)} does not exist under the allowed roots", field=field)
         return chosen
 
     @classmethod

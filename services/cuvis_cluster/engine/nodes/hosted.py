@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cuvis_cluster.engine.bounds import check_path, client_path
 from cuvis_cluster.errors import InvalidArgument
 
 from .base import ALL_STAGES, ANY_DTYPE, TORCH_DTYPES, Node, Port, Stage
@@ -101,6 +102,11 @@ class HostedNode(Node):
         self.stage = stage
 
     def _confine(self, key: str, value: str) -> Path:
+        check_path(value, f"{self.type_name}: hparam {key}")
+        with client_path(f"{self.type_name}: hparam {key}", value):
+            return self._confine_checked(key, value)
+
+    def _confine_checked(self, key: str, value: str) -> Path:
         root = self.OUTPUT_ROOT
         path = Path(value).expanduser()
         if root is None:

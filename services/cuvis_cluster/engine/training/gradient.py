@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from cuvis_cluster.engine import checkpoints, schemas
+from cuvis_cluster.engine.bounds import check_path, client_path, shown
 from cuvis_cluster.engine.training import registry
 from cuvis_cluster.engine.training.callbacks import MemoryLogger, ProgressCallback
 from cuvis_cluster.engine.training.lightning_module import PipelineModule, metric_ports
@@ -198,9 +199,13 @@ class TrainableState:
 def output_path(ctx: TrainContext, relative: str, field_name: str) -> Path:
     """``relative`` under the engine's output root (symlinks resolved); PermissionDenied on escapes."""
     root = Path(ctx.resources.output_dir).expanduser().resolve()
-    target = (root / relative).resolve() if not Path(relative).is_absolute() else Path(relative).resolve()
+    check_path(relative, field_name)
+    with client_path(field_name, relative):
+        target = (root / relative).resolve() if not Path(relative).is_absolute() else Path(relative).resolve()
     if target != root and not target.is_relative_to(root):
-        raise PermissionDenied(f"{field_name}: {relative!r} lies outside the output root", field=field_name)
+        raise PermissionDenied(
+            f"{field_name}: {shown(relative)} lies outside the output root", field=field_name
+        )
     return target
 
 
