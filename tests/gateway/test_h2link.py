@@ -40,6 +40,12 @@ class Transport:
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         pass
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything "written" is taken at once
+
+    def can_write_eof(self) -> bool:
+        return False
+
     def is_closing(self) -> bool:
         return self.closed
 

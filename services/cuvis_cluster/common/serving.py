@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
-from cuvis_cluster.common.telemetry import RpcMetrics
+from cuvis_cluster.common.telemetry import RedactingFilter, RpcMetrics
 from cuvis_cluster.wire.descriptors import documented_pool
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ OVERALL = ""  # the health service name that stands for the whole server
 # not answered within KEEPALIVE_TIMEOUT_S, so a vanished client of a long Train stream is noticed.
 KEEPALIVE_TIME_S = 60.0
 KEEPALIVE_TIMEOUT_S = 20.0
-# Clients may ping this often (e.g. the SDK's own keepalive) without being sent GOAWAY.
-CLIENT_MIN_PING_INTERVAL_S = 10.0
+# Peers may ping this often without being sent GOAWAY "too_many_pings". Gateways ping each worker
+# connection with calls open every ``worker_keepalive_seconds`` (1 s by default, at least this), so that
+# a hung worker is declared lost within seconds; the SDK's own keepalive pings far less often.
+CLIENT_MIN_PING_INTERVAL_S = 0.5
 
 
 class ServerSettings(Protocol):
@@ -575,8 +577,12 @@ class GrpcServer:
 
 
 def configure_logging(level: str) -> None:
-    """Plain timestamped logs on stderr, level from settings."""
+    """Plain timestamped logs on stderr, level from settings, with secrets masked (see
+    :func:`cuvis_cluster.common.telemetry.redact`) in every record any root handler writes."""
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -21,6 +21,8 @@ from cuvis_cluster.gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 
+DRAIN_PING_BOUND = 1.0  # seconds the first phase of a drain waits for clients' PING acks
+
 
 class FrontEnd:
     """Accepts client connections, runs calls, keeps metrics; knows nothing about Redis."""
@@ -48,6 +50,7 @@ class FrontEnd:
         self._idle.set()
         self._in_flight: dict[str, int] = {}
         self._finished: list[tuple[str, int, float, int, int]] = []
+        self.refused_connections = 0  # closed at accept: http2_max_connections were open
 
     def protocol_factory(self) -> Link:
         link = Link(
@@ -57,6 +60,17 @@ class FrontEnd:
             limits=self.limits,
             pool=self.pool,
         )
+        if len(self.links) >= self.limits.max_connections:
+            # The newest connection is closed at once; the ones already served keep their calls.
+            link.over_capacity = True
+            self.refused_connections += 1
+            if self.refused_connections in (1, 10, 100) or not self.refused_connections % 1000:
+                log.warning(
+                    "%d client connections open (http2_max_connections); refused %d so far",
+                    len(self.links),
+                    self.refused_connections,
+                )
+            return link
         self.links.add(link)
         return link
 
@@ -137,12 +151,23 @@ class FrontEnd:
         return counts
 
     async def drain(self, grace: float) -> None:
-        """Stop taking calls, tell clients (GOAWAY), let running calls finish within ``grace``."""
+        """Stop taking calls, tell clients (GOAWAY), let running calls finish within ``grace``.
+
+        Two-phase GOAWAY (RFC 9113 section 6.8): first a GOAWAY that still admits every stream, with
+        a PING; once the PING comes back (or after a bound), the client has seen it, and the final
+        GOAWAY names the last stream served. Calls the client started meanwhile are served, not lost.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        acks = [link.goaway_soon() for link in list(self.links)]
+        if acks:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*acks), min(grace, DRAIN_PING_BOUND))
         self.accepting = False
         for link in list(self.links):
             link.goaway()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, grace - (loop.time() - started)))
         for call in list(self.calls):
             call.fail(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
         for link in list(self.links):

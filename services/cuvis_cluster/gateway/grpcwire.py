@@ -43,9 +43,22 @@ def trailers(code: int, message: str = "") -> list[tuple[bytes, bytes]]:
     return out
 
 
+# The gateway reads request messages to route them and refuses compressed ones (gateway/scan.py), so
+# it tells clients so in every response, in place of what the worker behind it would accept.
+ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity")
+
+
 def trailers_only(code: int, message: str = "") -> list[tuple[bytes, bytes]]:
     """A complete error response in one HEADERS frame (status 200 + grpc-status)."""
-    return [(b":status", b"200"), (b"content-type", CONTENT_TYPE), *trailers(code, message)]
+    return [(b":status", b"200"), (b"content-type", CONTENT_TYPE), ACCEPT_ENCODING, *trailers(code, message)]
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A worker's response headers as the gateway passes them on: without hop-by-hop fields, and
+    advertising only the request encodings the gateway accepts."""
+    out = [(k, v) for k, v in headers if k not in HOP_BY_HOP and k != ACCEPT_ENCODING[0]]
+    out.append(ACCEPT_ENCODING)
+    return out
 
 
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}

@@ -32,6 +32,7 @@ FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 
 # Settings identifiers.
 S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
@@ -92,7 +93,7 @@ class H2Limits:
 
     stream_window: int = 16 << 20  # receive window of each stream (SETTINGS_INITIAL_WINDOW_SIZE)
     connection_window: int = 64 << 20  # receive window of the whole connection
-    max_frame: int = MAX_FRAME  # largest frame accepted (SETTINGS_MAX_FRAME_SIZE)
+    max_frame: int = 1 << 20  # largest frame accepted (SETTINGS_MAX_FRAME_SIZE); only DATA is this big
     max_header_list: int = 1 << 16  # largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE)
     max_header_block: int = 1 << 20  # largest encoded header block (HEADERS + CONTINUATION)
     max_concurrent_streams: int = 1000  # streams a peer may open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
@@ -101,6 +102,18 @@ class H2Limits:
     read_buffer: int = 1 << 20  # size of one receive slab
     min_read: int = 64 << 10  # a read gets at least this much room (else a fresh slab is taken)
     pooled_buffers: int = 32  # idle receive slabs kept for reuse
+    # Defences (docs/gateway-design.md, "Defences"); times in seconds.
+    max_connections: int = 10000  # client connections held at once (the front end closes the rest)
+    handshake_timeout: float = 10.0  # TLS handshake + client preface + first SETTINGS
+    header_timeout: float = 10.0  # a started header block (HEADERS + CONTINUATION) must end within this
+    idle_timeout: float = 3600.0  # a client connection without open streams is closed (GOAWAY) after this
+    keepalive: float = 30.0  # a connection quiet this long gets a PING
+    keepalive_timeout: float = 20.0  # ... which must be answered within this
+    slow_reader_timeout: float = 60.0  # output may sit unread by the client this long
+    abuse_window: float = 10.0  # the window over which resets and control frames are counted
+    max_resets_per_window: int = 200  # streams reset by the client or refused by us, per window
+    max_control_frames_per_window: int = 1000  # SETTINGS, PING, PRIORITY, WINDOW_UPDATE, empty frames...
+    max_control_queue: int = 256 << 10  # acks and resets queued for a client that does not read
 
 
 _DEFAULTS = H2Limits()

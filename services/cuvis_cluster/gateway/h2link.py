@@ -5,8 +5,10 @@ forwarded unary call (frame objects, event objects, two state machines per frame
 exceeds the +0.4 ms budget. This engine does only what a gRPC proxy needs (RFC 9113):
 
 * frames are parsed in place from receive slabs; HEADERS/CONTINUATION are decoded with
-  :mod:`cuvis_cluster.gateway.hpackfast`; SETTINGS, PING, GOAWAY, RST_STREAM, WINDOW_UPDATE are
-  handled here; PRIORITY and unknown frame types are ignored; server push is refused;
+  :mod:`cuvis_cluster.gateway.hpackfast`; the control frames and the stream-state rules are in
+  :mod:`~cuvis_cluster.gateway.h2control`; server push is refused;
+* it defends itself (:mod:`~cuvis_cluster.gateway.h2guard`): concurrent streams, resets and control
+  frames per window, header blocks, frame sizes, the control queue, timeouts and keepalive;
 * **DATA is copy-free.** The kernel reads straight into a receive slab (``BufferedProtocol``). A DATA
   payload is handed to the stream as ``memoryview`` slices *as it arrives*, before its frame is
   complete, and leaves on the other connection as raw frames (9-byte header + the slice) through
@@ -19,6 +21,8 @@ exceeds the +0.4 ms budget. This engine does only what a gRPC proxy needs (RFC 9
 
 The engine in pieces: :mod:`~cuvis_cluster.gateway.h2frames` (wire format, :class:`H2Limits`, receive
 slabs), :mod:`~cuvis_cluster.gateway.h2stream` (a stream, :class:`Leg`),
+:mod:`~cuvis_cluster.gateway.h2control` (control frames, stream states),
+:mod:`~cuvis_cluster.gateway.h2guard` (defences),
 :mod:`~cuvis_cluster.gateway.h2output` (the sending half) and this module (the connection: its state and
 the receiving half). Sizes and limits come from :class:`H2Limits` (the gateway's ``http2_*`` settings).
 """
@@ -28,13 +32,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
+from cuvis_cluster.gateway.h2control import LinkControl
+from cuvis_cluster.gateway.h2fields import check_request, trailers_problem
 from cuvis_cluster.gateway.h2frames import (
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
+    ENHANCE_YOUR_CALM,
     FLAG_ACK,
     FLAG_END_HEADERS,
     FLAG_END_STREAM,
@@ -42,41 +51,37 @@ from cuvis_cluster.gateway.h2frames import (
     FLAG_PRIORITY,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
-    GOAWAY,
-    GOAWAY_BODY,
     HEADERS,
     INITIAL_WINDOW,
-    MAX_FRAME,
     MAX_WINDOW,
     MIN_MAX_FRAME,
     NO_ERROR,
-    PING,
     PREFACE,
     PROTOCOL_ERROR,
     PUSH_PROMISE,
     REFUSED_STREAM,
-    RST_STREAM,
     S_ENABLE_PUSH,
     S_INITIAL_WINDOW_SIZE,
     S_MAX_CONCURRENT_STREAMS,
     S_MAX_FRAME_SIZE,
     S_MAX_HEADER_LIST_SIZE,
-    SETTING,
     SETTINGS,
-    SETTINGS_ACK,
     STREAM_CLOSED,
     U32,
-    WINDOW_UPDATE,
     H2Limits,
     Headers,
     LinkError,
     SlabPool,
-    frame_header,
-    rst_stream,
     settings_frame,
     window_update,
 )
-from cuvis_cluster.gateway.h2output import LinkOutput, dirty_links, dispatch_depth, flush_dirty
+from cuvis_cluster.gateway.h2output import (
+    CLOSED_RING_MASK,
+    LinkOutput,
+    dirty_links,
+    dispatch_depth,
+    flush_dirty,
+)
 from cuvis_cluster.gateway.h2stream import Leg
 from cuvis_cluster.gateway.hpackfast import Decoder, Encoder, HpackError
 
@@ -85,7 +90,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMITS = H2Limits()
 
 
-class Link(LinkOutput, asyncio.BufferedProtocol):
+class Link(LinkOutput, LinkControl, asyncio.BufferedProtocol):
     """An HTTP/2 connection, server side (clients connect to us) or client side (we connect out).
 
     Callbacks from the owner:
@@ -118,6 +123,9 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         # Read on every frame: plain attributes, not lookups through ``limits``.
         self.max_frame = limits.max_frame
         self._max_header_block = limits.max_header_block
+        self._max_streams = limits.max_concurrent_streams
+        # A real peer fills CONTINUATION frames (at least 16 KiB each, section 4.2); a few spare.
+        self._max_continuations = 2 * limits.max_header_block // MIN_MAX_FRAME + 16
         self._min_read = limits.min_read
         self.decoder = Decoder(4096, limits.max_header_list)
         self.encoder = Encoder()
@@ -140,6 +148,10 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         self._hb_flags = 0
         self._hb_parts: list[bytes] = []
         self._hb_size = 0
+        self._hb_frames = 0
+        self._resets_seen: OrderedDict[int, bool] = OrderedDict()  # reset streams: True if by us
+        self._closed_ring = [0] * (CLOSED_RING_MASK + 1)
+        self._closed_pos = 0
         # Peer settings and our outbound windows.
         self.remote_initial_window = INITIAL_WINDOW
         self.remote_max_frame = MIN_MAX_FRAME
@@ -154,6 +166,7 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         self._write_paused = False
         self._out: list[Any] = []
         self._write_scheduled = False
+        self._out_done = False  # half-closed after a GOAWAY for an error: nothing more is written
         self._loop = asyncio.get_event_loop()
         self._blocked: dict[int, Leg] = {}
         self._next_sid = 1
@@ -165,11 +178,16 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         self.ssl_object: Any = None
         self.extra: dict[str, Any] = {}
         self.pings_outstanding = 0
+        self.over_capacity = False  # set by the owner: close at once (too many connections)
+        self._guard_init(limits)
 
     # -- asyncio protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream protocol is always given a (read/write) Transport.
         transport = self.transport = cast(asyncio.Transport, transport)
+        if self.over_capacity:
+            transport.abort()
+            return
         limits = self.limits
         transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
         self.ssl_object = transport.get_extra_info("ssl_object")
@@ -200,11 +218,14 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
             out.append(window_update(0, bump))
             self._in_conn += bump
         transport.writelines(out)
+        self._guard_start()
         if self._wpos > self._rpos:
             self._process()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        self._guard_stop()
+        exc = exc or self.lost_reason
         legs = list(self.legs.values())
         self.legs.clear()
         self._blocked.clear()
@@ -225,6 +246,7 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.output_progressed()
         self._pump_blocked()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -248,6 +270,10 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._wpos += nbytes
+        self._reads += 1
+        if self.closed:
+            self._rpos = self._wpos  # a peer we closed on (lingering close): drop what it sends
+            return
         if self.transport is None:
             return  # TLS: bytes that arrived before start_tls handed us the transport
         dispatch_depth[0] += 1
@@ -300,11 +326,20 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
             sid = U32.unpack_from(mv, r + 5)[0] & 0x7FFFFFFF
             if length > max_frame:
                 raise LinkError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if not self._settings_seen and (ftype != SETTINGS or flags & FLAG_ACK):
+                raise LinkError(PROTOCOL_ERROR, "the preface is not followed by SETTINGS")  # 3.4
             if self._hb_parts and ftype != CONTINUATION:
                 raise LinkError(PROTOCOL_ERROR, "header block interrupted")
             if ftype == DATA:
                 if sid == 0:
-                    raise LinkError(PROTOCOL_ERROR, "DATA on stream 0")
+                    raise LinkError(PROTOCOL_ERROR, "DATA on stream 0")  # section 6.1
+                leg = self.legs.get(sid)
+                if leg is None or leg.remote_closed:
+                    self.data_not_open(sid, leg)
+                if length:
+                    self._moved += length  # earns control frames back (h2guard.EARN_SHIFT)
+                elif not flags & FLAG_END_STREAM:
+                    self.count_control()  # an empty DATA frame moves nothing
                 self._data_sid = sid
                 self._data_flags = flags
                 self._data_left = length
@@ -315,6 +350,11 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
                 if length == 0:
                     self._finish_data_frame()
                 continue
+            if length > MIN_MAX_FRAME and (
+                ftype not in (HEADERS, CONTINUATION) or length > self._max_header_block
+            ):
+                # Non-DATA frames are buffered whole before parsing: refuse a huge one before that.
+                raise LinkError(FRAME_SIZE_ERROR, f"frame of type {ftype} and {length} bytes")  # 4.2
             if avail < 9 + length:
                 self._need = 9 + length
                 return
@@ -345,6 +385,10 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
             self._rpos += n
             self._data_left -= n
             leg = self.legs.get(self._data_sid)
+            if leg is not None and leg.expect >= 0:
+                leg.expect -= n
+                if leg.expect < 0:  # section 8.1.1: more DATA than the content-length said
+                    self._stream_error(leg, PROTOCOL_ERROR)
             if leg is not None and not leg.remote_closed and leg.handler is not None:
                 leg.handler.leg_data(leg, chunk)
             else:
@@ -366,7 +410,9 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         self._data_left = -1
         if self._data_flags & FLAG_END_STREAM:
             leg = self.legs.get(self._data_sid)
-            if leg is not None and not leg.remote_closed:
+            if leg is not None and leg.expect > 0:  # section 8.1.1: less DATA than announced
+                self._stream_error(leg, PROTOCOL_ERROR)
+            elif leg is not None and not leg.remote_closed:
                 self._remote_end(leg)
 
     def _account_inbound(self, sid: int, length: int) -> None:
@@ -383,7 +429,7 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
     def _frame(self, ftype: int, flags: int, sid: int, payload: memoryview) -> None:
         if ftype == HEADERS:
             if sid == 0:
-                raise LinkError(PROTOCOL_ERROR, "HEADERS on stream 0")
+                raise LinkError(PROTOCOL_ERROR, "HEADERS on stream 0")  # section 6.2
             pos, end = 0, len(payload)
             if flags & FLAG_PADDED:
                 if not end:
@@ -391,6 +437,8 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
                 end -= payload[0]
                 pos = 1
             if flags & FLAG_PRIORITY:
+                if end >= pos + 5 and U32.unpack_from(payload, pos)[0] & 0x7FFFFFFF == sid:
+                    raise LinkError(PROTOCOL_ERROR, "stream depends on itself")  # section 5.3.1
                 pos += 5
             if end < pos:
                 raise LinkError(PROTOCOL_ERROR, "bad HEADERS padding")
@@ -398,15 +446,19 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
             if flags & FLAG_END_HEADERS:
                 self._headers(sid, flags, fragment)
             else:
-                self._hb_sid, self._hb_flags, self._hb_parts, self._hb_size = (
-                    sid,
-                    flags,
-                    [fragment],
-                    len(fragment),
-                )
+                if not fragment:
+                    self.count_control()  # an empty first fragment only opens a CONTINUATION flood
+                self._hb_sid, self._hb_flags, self._hb_parts = sid, flags, [fragment]
+                self._hb_size, self._hb_frames, self._hb_since = len(fragment), 0, time.monotonic()
         elif ftype == CONTINUATION:
+            # CVE-2024-27316: every CONTINUATION counts, a block has at most so many of them and
+            # at most max_header_block bytes in all (the first fragment included).
+            self.count_control()
             if not self._hb_parts or sid != self._hb_sid:
-                raise LinkError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+                raise LinkError(PROTOCOL_ERROR, "unexpected CONTINUATION")  # section 6.10
+            self._hb_frames += 1
+            if self._hb_frames > self._max_continuations:
+                raise LinkError(ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
             self._hb_parts.append(bytes(payload))
             self._hb_size += len(payload)
             if self._hb_size > self._max_header_block:
@@ -414,89 +466,10 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
             if flags & FLAG_END_HEADERS:
                 parts, self._hb_parts = self._hb_parts, []
                 self._headers(self._hb_sid, self._hb_flags, b"".join(parts))
-        elif ftype == SETTINGS:
-            if sid:
-                raise LinkError(PROTOCOL_ERROR, "SETTINGS on a stream")
-            if flags & FLAG_ACK:
-                return
-            if len(payload) % 6:
-                raise LinkError(FRAME_SIZE_ERROR, "SETTINGS length")
-            for off in range(0, len(payload), 6):
-                key, value = SETTING.unpack_from(payload, off)
-                self._setting(key, value)
-            self._out.append(SETTINGS_ACK)
-            self._schedule()
-            self._pump_blocked()
-        elif ftype == WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise LinkError(FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
-            inc = U32.unpack_from(payload)[0] & 0x7FFFFFFF
-            if sid == 0:
-                if inc == 0:
-                    raise LinkError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-                self.out_conn_window += inc
-                if self.out_conn_window > MAX_WINDOW:
-                    raise LinkError(FLOW_CONTROL_ERROR, "connection window overflow")
-                self._pump_blocked()
-            else:
-                leg = self.legs.get(sid)
-                if leg is None:
-                    return
-                if inc == 0:
-                    self._stream_error(leg, PROTOCOL_ERROR)
-                    return
-                leg.out_window += inc
-                if leg.out_window > MAX_WINDOW:
-                    self._stream_error(leg, FLOW_CONTROL_ERROR)
-                    return
-                if leg.queue or leg.end_queued or leg.trailers_queued is not None:
-                    self.pump(leg)
-        elif ftype == PING:
-            if len(payload) != 8 or sid:
-                raise LinkError(FRAME_SIZE_ERROR, "bad PING")
-            if flags & FLAG_ACK:
-                self.pings_outstanding = max(0, self.pings_outstanding - 1)
-            else:
-                self._out.append(frame_header(8, PING, FLAG_ACK, 0) + bytes(payload))
-                self._schedule()
-        elif ftype == RST_STREAM:
-            if len(payload) != 4 or sid == 0:
-                raise LinkError(PROTOCOL_ERROR, "bad RST_STREAM")
-            code = U32.unpack_from(payload)[0]
-            leg = self.legs.get(sid)
-            self._drop(sid)
-            if leg is not None:
-                was_open = not (leg.closed and leg.remote_closed)
-                leg.closed = leg.remote_closed = True
-                leg.queue.clear()
-                if was_open and leg.handler is not None:
-                    leg.handler.leg_reset(leg, code)
-        elif ftype == GOAWAY:
-            if len(payload) < 8:
-                raise LinkError(FRAME_SIZE_ERROR, "GOAWAY length")
-            last, code = GOAWAY_BODY.unpack_from(payload)
-            self._goaway(last & 0x7FFFFFFF, code)
         elif ftype == PUSH_PROMISE:
-            raise LinkError(PROTOCOL_ERROR, "server push is not accepted")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 sections 5.5, 6.3).
-
-    def _setting(self, key: int, value: int) -> None:
-        if key == S_INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise LinkError(FLOW_CONTROL_ERROR, "initial window too large")
-            delta = value - self.remote_initial_window
-            self.remote_initial_window = value
-            for leg in self.legs.values():
-                leg.out_window += delta
-        elif key == S_MAX_FRAME_SIZE:
-            if not MIN_MAX_FRAME <= value <= MAX_FRAME:
-                raise LinkError(PROTOCOL_ERROR, "bad max frame size")
-            self.remote_max_frame = value
-        elif key == S_MAX_CONCURRENT_STREAMS:
-            self.remote_max_streams = value
-        elif key == S_ENABLE_PUSH and value > 1:
-            raise LinkError(PROTOCOL_ERROR, "bad ENABLE_PUSH")
-        # HEADER_TABLE_SIZE: our encoder never uses the dynamic table. MAX_HEADER_LIST_SIZE: advisory.
+            raise LinkError(PROTOCOL_ERROR, "server push is not accepted")  # section 8.4
+        else:
+            self._control(ftype, flags, sid, payload)
 
     def _headers(self, sid: int, flags: int, block: bytes) -> None:
         headers = self.decoder.decode(block)  # always decode: the HPACK state must stay in step
@@ -504,14 +477,33 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         leg = self.legs.get(sid)
         if leg is None:
             if self.client_side or sid <= self.highest_inbound:
+                if self.is_idle(sid):
+                    raise LinkError(PROTOCOL_ERROR, f"HEADERS on idle stream {sid}")  # section 5.1
+                if not self.client_side:
+                    self.headers_not_open(sid)
                 return  # a stream we already reset or finished
             if sid % 2 == 0:
-                raise LinkError(PROTOCOL_ERROR, "even stream id from a client")
+                raise LinkError(PROTOCOL_ERROR, "even stream id from a client")  # section 5.1.1
             self.highest_inbound = sid
             if self.goaway_sent:
-                self._write_raw(rst_stream(sid, REFUSED_STREAM))
+                self._refuse(sid, REFUSED_STREAM)
                 return
+            if len(self.legs) >= self._max_streams:
+                # Section 5.1.2: past SETTINGS_MAX_CONCURRENT_STREAMS, REFUSED_STREAM; it counts as
+                # a reset (a client that keeps trying is cut off) and never reaches a worker.
+                self._refuse(sid, REFUSED_STREAM)
+                self.count_reset()
+                return
+            problem, expect = check_request(headers)
+            if problem is not None:
+                # Section 8.1.1: a malformed request is a stream error; it never reaches a worker.
+                log.info("%s: stream %d: malformed request: %s", self.name or "client", sid, problem)
+                self._refuse(sid, PROTOCOL_ERROR)
+                self.count_reset()
+                return
+            self.stream_opened()
             leg = Leg(self, sid)
+            leg.expect = expect
             leg.headers_seen = True
             self.legs[sid] = leg
             self._in_streams[sid] = self.stream_window
@@ -524,14 +516,22 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
             leg.handler = handler
             handler.leg_started(leg, headers, end)
             if end and leg.closed:
+                self.stream_finished()
                 self._drop(sid)
             return
         if leg.remote_closed:
-            self._stream_error(leg, STREAM_CLOSED)
+            self._stream_error(leg, STREAM_CLOSED)  # section 5.1, "half-closed (remote)"
             return
         trailers = leg.headers_seen
-        if not trailers and not self.client_side:
+        if not self.client_side:
             trailers = True
+            problem = trailers_problem(headers) or (None if end else "trailers without END_STREAM")
+            if problem is None and end and leg.expect > 0:
+                problem = "less DATA than its content-length"
+            if problem is not None:  # sections 8.1, 8.1.1: a stream error
+                log.info("%s: stream %d: malformed request: %s", self.name or "client", sid, problem)
+                self._stream_error(leg, PROTOCOL_ERROR)
+                return
         if not trailers and headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1":
             return  # 1xx informational response
         leg.headers_seen = True
@@ -540,6 +540,7 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         if leg.handler is not None:
             leg.handler.leg_headers(leg, headers, end, trailers)
         if end and leg.closed:
+            self.stream_finished()
             self._drop(sid)
 
     def _remote_end(self, leg: Leg) -> None:
@@ -547,6 +548,7 @@ class Link(LinkOutput, asyncio.BufferedProtocol):
         if leg.handler is not None:
             leg.handler.leg_end(leg)
         if leg.closed:
+            self.stream_finished()
             self._drop(leg.sid)
 
     def _stream_error(self, leg: Leg, code: int) -> None:

@@ -3,12 +3,15 @@
 :class:`LinkOutput` is a base class of :class:`~cuvis_cluster.gateway.h2link.Link`; it holds no state
 of its own (``Link.__init__`` sets every attribute annotated here). What it queues in ``_out`` leaves
 in one ``writev`` per connection: after the read being handled, or at the end of the loop iteration.
+
+Every byte queued is counted (``_appended``, once per frame or header block, never per byte), so that
+the guard can tell how much has left the transport (:mod:`~cuvis_cluster.gateway.h2guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvis_cluster.gateway.h2frames import (
     CONTINUATION,
@@ -24,8 +27,12 @@ from cuvis_cluster.gateway.h2frames import (
     rst_stream,
     window_update,
 )
+from cuvis_cluster.gateway.h2guard import EARN_SHIFT
 from cuvis_cluster.gateway.h2stream import Leg
 from cuvis_cluster.gateway.hpackfast import Encoder
+
+CLOSED_RING_MASK = 63  # the last 64 closed stream ids are remembered
+FAIL_LINGER = 1.0  # seconds a connection closed for an error may take to flush its GOAWAY
 
 # Links with output produced while a read is being handled; written when the read is done.
 dirty_links: list[LinkOutput] = []
@@ -64,9 +71,20 @@ class LinkOutput:
     _write_paused: bool
     _out: list[Any]
     _write_scheduled: bool
+    _out_done: bool
     _loop: asyncio.AbstractEventLoop
     _blocked: dict[int, Leg]
     _next_sid: int
+    _closed_ring: list[int]
+    _closed_pos: int
+    _appended: int
+    _handed: int
+    _moved: int
+
+    if TYPE_CHECKING:  # provided by LinkControl
+
+        def remember(self, sid: int, we_reset: bool) -> None: ...
+        def stream_finished(self) -> None: ...
 
     def send_headers(self, leg: Leg, headers: Headers, end_stream: bool) -> None:
         if self.closed:
@@ -75,6 +93,8 @@ class LinkOutput:
         flags = FLAG_END_STREAM if end_stream else 0
         out = self._out
         limit = self.remote_max_frame
+        leg.answered = True
+        self._appended += len(block) + 9
         if len(block) <= limit:
             out.append(frame_header(len(block), HEADERS, flags | FLAG_END_HEADERS, leg.sid))
             out.append(block)
@@ -86,6 +106,7 @@ class LinkOutput:
                 piece, rest = rest[:limit], rest[limit:]
                 out.append(frame_header(len(piece), CONTINUATION, 0 if rest else FLAG_END_HEADERS, leg.sid))
                 out.append(piece)
+                self._appended += 9
         self._schedule()
         if end_stream:
             self.local_done(leg)
@@ -96,6 +117,7 @@ class LinkOutput:
             leg.closed = leg.remote_closed = True
             leg.queue.clear()
         self._drop(sid)
+        self.remember(sid, True)  # frames the peer sent before it saw the reset are ignored
         if not self.closed:
             self._write_raw(rst_stream(sid, code))
 
@@ -104,10 +126,14 @@ class LinkOutput:
         leg.closed = True
         self._blocked.pop(leg.sid, None)
         if leg.remote_closed:
+            self.stream_finished()
             self._drop(leg.sid)
 
     def _drop(self, sid: int) -> None:
-        self.legs.pop(sid, None)
+        if self.legs.pop(sid, None) is not None:
+            pos = self._closed_pos  # the last few closed streams (section 5.1: "closed" vs "idle")
+            self._closed_ring[pos] = sid
+            self._closed_pos = (pos + 1) & CLOSED_RING_MASK
         self._blocked.pop(sid, None)
         self._in_streams.pop(sid, None)
         self._credit_streams.pop(sid, None)
@@ -116,6 +142,7 @@ class LinkOutput:
 
     def _write_raw(self, data: bytes) -> None:
         self._out.append(data)
+        self._appended += len(data)
         self._schedule()
 
     def pump(self, leg: Leg) -> None:
@@ -130,7 +157,7 @@ class LinkOutput:
             out = self._out
             max_frame = self.remote_max_frame
             sid = leg.sid
-            sent = 0
+            sent = frames = 0
             while queue:
                 window = min(self.out_conn_window, leg.out_window)
                 if window <= 0:
@@ -148,8 +175,12 @@ class LinkOutput:
                 self.out_conn_window -= n
                 leg.out_window -= n
                 sent += n
+                frames += 1
             if sent:
                 self._schedule()
+                self._appended += sent + 9 * frames
+                # A frame sent counts as 16 KiB moved: a client may answer each with a PING (BDP).
+                self._moved += sent + (frames << EARN_SHIFT)
                 leg.queued_bytes -= sent
                 if leg.on_sent is not None:
                     leg.on_sent(sent)
@@ -185,6 +216,7 @@ class LinkOutput:
         conn = self._credit_conn + n
         if conn >= threshold and not self.closed:
             self._out.append(window_update(0, conn))
+            self._appended += 13
             self._in_conn += conn
             conn = 0
             self._schedule()
@@ -195,6 +227,7 @@ class LinkOutput:
         pending = self._credit_streams.get(sid, 0) + n
         if pending >= threshold and not self.closed:
             self._out.append(window_update(sid, pending))
+            self._appended += 13
             self._in_streams[sid] = window + pending
             self._credit_streams.pop(sid, None)
             self._schedule()
@@ -215,7 +248,8 @@ class LinkOutput:
     def _write_out(self) -> None:
         self._write_scheduled = False
         out, self._out = self._out, []
-        if out and self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing() and not self._out_done:
+            self._handed = self._appended
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
@@ -247,4 +281,16 @@ class LinkOutput:
             return
         debug = message.encode("utf-8", "replace")[:200]
         self._write_raw(goaway_frame(self.highest_inbound, code, debug))
-        self.close()
+        self._write_out()
+        self.closed = True  # parse nothing more from this peer; what it still sends is discarded
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # Lingering close: closing a socket with unread input makes the kernel send a TCP reset,
+        # which can destroy the GOAWAY on its way. So: half-close after the GOAWAY, keep reading
+        # (and dropping) the peer's bytes, and abort after FAIL_LINGER, also for a peer that reads
+        # nothing (the abusers this is mostly for), which would otherwise hold its buffers for ever.
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._out_done = True
+        self._loop.call_later(FAIL_LINGER, self.abort)

@@ -21,8 +21,10 @@ class Leg:
     """
 
     __slots__ = (
+        "answered",
         "closed",
         "end_queued",
+        "expect",
         "handler",
         "headers_seen",
         "link",
@@ -47,6 +49,8 @@ class Leg:
         self.closed = False  # we sent END_STREAM (or RST)
         self.remote_closed = False  # the peer sent END_STREAM (or RST)
         self.headers_seen = False
+        self.answered = False  # we sent HEADERS on it (a response, or our request)
+        self.expect = -1  # DATA bytes still due under a content-length; -1: none declared
         self.out_window = link.remote_initial_window
 
     def send_headers(self, headers: Headers, end_stream: bool = False) -> None:

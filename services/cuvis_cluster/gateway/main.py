@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -43,7 +44,6 @@ log = logging.getLogger("cuvis_cluster.gateway")
 DESCRIPTION = (
     "Routes CUVIS.AI sessions to the workers that hold them (stateless; the session map is in Redis)."
 )
-TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class Gateway:
@@ -111,7 +111,11 @@ class Gateway:
         limits = http2_limits(s)
         pool = SlabPool(limits.read_buffer, limits.pooled_buffers)
         self.upstreams = Upstreams(
-            ssl_context=worker_ssl, server_name=s.worker_tls_server_name, pool=pool, limits=limits
+            ssl_context=worker_ssl,
+            server_name=s.worker_tls_server_name,
+            pool=pool,
+            limits=worker_limits(s, limits),
+            connect_timeout=s.worker_connect_timeout_seconds,
         )
         self.router = SessionRouter(
             self.registry,
@@ -159,7 +163,7 @@ class Gateway:
             "gateway on %s (%s), Redis %s, local services on %s",
             self.address,
             "mTLS" if s.tls_client_ca else "TLS" if self.tls else "plaintext",
-            s.redis_url,
+            self.registry.redis_url,  # the password masked
             self.local.address,
         )
 
@@ -183,9 +187,16 @@ class Gateway:
         assert self.tls is not None
         loop = asyncio.get_running_loop()
         link = self.frontend.protocol_factory()
+        if link.over_capacity:  # refused before spending a TLS handshake on it
+            self.frontend.links.discard(link)
+            conn.close()
+            return
         try:
             await loop.connect_accepted_socket(
-                lambda: link, conn, ssl=self.tls.context(), ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+                lambda: link,
+                conn,
+                ssl=self.tls.context(),
+                ssl_handshake_timeout=self.settings.http2_handshake_timeout_seconds,
             )
         except Exception as exc:
             log.info("TLS handshake failed: %s", exc)
@@ -263,6 +274,24 @@ def http2_limits(s: GatewaySettings) -> H2Limits:
         read_buffer=s.http2_read_buffer_bytes,
         min_read=s.http2_min_read_bytes,
         pooled_buffers=s.http2_pooled_buffers,
+        max_connections=s.http2_max_connections,
+        handshake_timeout=s.http2_handshake_timeout_seconds,
+        header_timeout=s.http2_header_timeout_seconds,
+        idle_timeout=s.http2_idle_timeout_seconds,
+        keepalive=s.http2_keepalive_seconds,
+        keepalive_timeout=s.http2_keepalive_timeout_seconds,
+        slow_reader_timeout=s.http2_slow_reader_timeout_seconds,
+        abuse_window=s.http2_abuse_window_seconds,
+        max_resets_per_window=s.http2_max_resets_per_window,
+        max_control_frames_per_window=s.http2_max_control_frames_per_window,
+        max_control_queue=s.http2_max_control_queue_bytes,
+    )
+
+
+def worker_limits(s: GatewaySettings, limits: H2Limits) -> H2Limits:
+    """Worker connections: the same engine, with the worker keepalive (a hung worker is noticed)."""
+    return dataclasses.replace(
+        limits, keepalive=s.worker_keepalive_seconds, keepalive_timeout=s.worker_keepalive_timeout_seconds
     )
 
 

@@ -279,7 +279,7 @@ class Call:
             return
         if not trailers and not self.response_started:
             self.response_started = True
-            out = [(k, v) for k, v in headers if k not in grpcwire.HOP_BY_HOP]
+            out = grpcwire.response_headers(headers)
             if end:  # trailers-only response from the worker
                 self._note_status(headers)
                 self.down.send_headers(out, end_stream=True)

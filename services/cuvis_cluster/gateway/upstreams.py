@@ -10,8 +10,6 @@ from cuvis_cluster import errors
 from cuvis_cluster.gateway.h2frames import H2Limits, SlabPool
 from cuvis_cluster.gateway.h2link import DEFAULT_LIMITS, Link
 
-CONNECT_TIMEOUT = 5.0
-
 
 class Upstreams:
     """Pooled HTTP/2 connections to workers (and to the gateway's local services, ``local:HOST:PORT``)."""
@@ -23,7 +21,9 @@ class Upstreams:
         server_name: str | None = None,
         pool: SlabPool,
         limits: H2Limits = DEFAULT_LIMITS,
+        connect_timeout: float = 5.0,
     ) -> None:
+        self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
         self.limits = limits
         self.server_name = server_name
@@ -77,7 +77,7 @@ class Upstreams:
                     ssl=ssl,
                     server_hostname=(self.server_name or host) if ssl else None,
                 )
-            _transport, link = await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+            _transport, link = await asyncio.wait_for(coro, self.connect_timeout)
         except (TimeoutError, OSError) as exc:
             raise errors.Unavailable(f"cannot connect to worker {address}: {reason(exc)}") from None
         link.extra["address"] = address
@@ -108,6 +108,8 @@ class Upstreams:
 def reason(exc: BaseException | None) -> str:
     if exc is None:
         return "connection closed"
+    if str(exc):
+        return str(exc)  # e.g. the keepalive's "no answer to a keepalive PING within 3 s"
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    return str(exc) or type(exc).__name__
+    return type(exc).__name__
