@@ -164,6 +164,7 @@ DERIVED = {
         "worker_tls_cert",
         "worker_tls_key",
         "worker_tls_server_name",
+        "cluster_token_file",
     },
     "worker": {
         "listen",
@@ -177,6 +178,7 @@ DERIVED = {
         "configs_dir",
         "data_dir",
         "output_dir",
+        "cluster_token_file",
     },
 }
 # Chart defaults that differ from the binaries' on purpose.
@@ -284,7 +286,8 @@ def test_bundled_redis_url_comes_from_the_secret(defaults):
 
 def test_external_redis(renderings):
     ext = renderings["external-redis"]
-    assert ext.of_kind("StatefulSet") == [] and ext.of_kind("Secret") == []
+    assert ext.of_kind("StatefulSet") == []
+    assert [s["metadata"]["name"] for s in ext.of_kind("Secret")] == ["cuvis-cuvis-ai-cluster-token"]
     assert not any(o["metadata"]["name"].endswith("-redis") for o in ext.objects)
     for component in ("gateway", "worker"):
         env = ext.env(component)

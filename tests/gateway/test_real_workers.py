@@ -42,7 +42,9 @@ def real(tmp_path_factory) -> Iterator[tuple[LocalCluster, procs.ServerProcess]]
     cluster.start()
     second = None
     try:
-        second = start_gateway(workdir, cluster.redis_url, "gwB")
+        second = start_gateway(
+            workdir, cluster.redis_url, "gwB", "--cluster-token-file", str(cluster.cluster_token_file)
+        )
         yield cluster, second
     finally:
         if second is not None:

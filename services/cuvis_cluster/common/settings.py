@@ -76,8 +76,8 @@ class _Base(BaseSettings):
     redis_url: str | None = Field(None, description="redis:// or rediss:// URL of the routing store.")
     cluster_token_file: Path | None = Field(
         None,
-        description="File holding the cluster credential (its first line). Gateways send it to workers; "
-        "workers then accept only calls that carry it, and their control RPCs always need it.",
+        description="File of cluster credentials, one per line. Gateways send the first; workers accept "
+        "any line and then serve only calls that carry one (their control RPCs always need one).",
     )
 
     @field_validator("listen")
@@ -242,7 +242,7 @@ class GatewaySettings(_Base):
     )
     worker_keepalive_seconds: float = Field(
         1.0,
-        gt=0,
+        ge=0.5,  # workers send GOAWAY "too_many_pings" below this (common/serving.py)
         description="Interval of the HTTP/2 PINGs the gateway sends on each worker connection "
         "with calls open.",
     )
@@ -322,7 +322,7 @@ class GatewaySettings(_Base):
         description="HTTP/2 receive window of each connection: bytes a peer may send ahead on all calls.",
     )
     http2_max_frame_bytes: int = Field(
-        H2_MAX_FRAME,
+        1 * MIB,
         ge=H2_MIN_FRAME,
         le=H2_MAX_FRAME,
         description="Largest HTTP/2 frame payload accepted (advertised as SETTINGS_MAX_FRAME_SIZE).",

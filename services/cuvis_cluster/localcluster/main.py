@@ -2,7 +2,8 @@
 
 ``cuvis-cluster up --workers 2 --listen 127.0.0.1:50050`` starts a real ``redis-server`` (from PATH),
 the workers and one gateway on loopback, prints the gateway address, and stops everything cleanly on
-Ctrl-C or SIGTERM.
+Ctrl-C or SIGTERM. The workers serve only calls that come through the gateway: each ``up`` generates a
+random cluster credential (``<workdir>/cluster-token``) that the gateway sends and the workers check.
 
 Signals are handled in every phase (starting Redis, starting workers and the gateway, the readiness
 wait, serving, stopping): the children are stopped in order (gateway, workers with their grace,
@@ -49,6 +50,7 @@ def _serve(cluster: LocalCluster) -> int:
         f"cuvis-cluster up: gateway on {cluster.address}\n"
         f"  workers: {', '.join(cluster.worker_addresses)}\n"
         f"  redis:   {cluster.redis_url}\n"
+        f"  cluster credential: {cluster.cluster_token_file} (workers serve only calls through the gateway)\n"
         f"  metrics: {cluster.gateway_metrics_url}\n"
         f"  logs:    {cluster.workdir}\n"
         "Press Ctrl-C to stop.",
@@ -92,9 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--worker-command",
-        help="run this instead of cuvis-worker (it must take --listen, --redis-url and --metrics-port)",
+        help="run this instead of cuvis-worker (it must take --listen, --redis-url and --metrics-port; "
+        "the cluster credential file is named in CUVIS_CLUSTER_TOKEN_FILE)",
     )
-    up.add_argument("--workdir", type=Path, help="keep logs and outputs here (default: a temporary dir)")
+    up.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep logs, outputs and the cluster credential here (default: a temporary dir)",
+    )
     up.add_argument("--grace-seconds", type=float, default=10.0, help="shutdown grace period [10]")
     up.add_argument(
         "--redis-server",

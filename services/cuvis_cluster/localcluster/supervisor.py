@@ -11,6 +11,11 @@ which then stops the children in order) and logs to ``<workdir>/<name>.log``; :m
 SIGTERM to each group (gateway first, then workers, then Redis) and SIGKILLs whatever outlives the
 grace period. Redis runs without persistence (``--save '' --appendonly no``) in a temporary directory.
 
+The workers trust only the cluster: each start writes a fresh random cluster credential to
+``<workdir>/cluster-token`` (mode 0600) and hands it to the gateway and every worker
+(``--cluster-token-file``), so a call made to a worker's port directly is UNAUTHENTICATED and clients
+go through the gateway. A custom ``worker_command`` finds the file in ``CUVIS_CLUSTER_TOKEN_FILE``.
+
 Children cannot outlive the supervisor, even when it is SIGKILLed: on Linux each child gets
 ``PR_SET_PDEATHSIG(SIGKILL)`` (the kernel kills it when the thread that started it exits, so start the
 cluster from a thread that lives as long as the cluster: the main thread in ``cuvis-cluster``), and a
@@ -30,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -100,6 +106,17 @@ def _console_script(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def write_cluster_token(path: Path) -> Path:
+    """A fresh random cluster credential in ``path``, readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file left by an earlier run keeps its mode otherwise
+        os.write(fd, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+    return path
+
+
 @dataclass
 class Child:
     name: str
@@ -150,7 +167,8 @@ class LocalCluster:
     """Redis + ``workers`` workers + one gateway on 127.0.0.1.
 
     ``listen`` is the gateway's HOST:PORT (port 0 picks a free one). ``worker_command`` replaces
-    ``cuvis-worker`` (it must accept ``--listen``, ``--redis-url`` and ``--metrics-port``);
+    ``cuvis-worker`` (it must accept ``--listen``, ``--redis-url`` and ``--metrics-port``, and gets the
+    credential file in ``CUVIS_CLUSTER_TOKEN_FILE``);
     ``worker_args`` / ``gateway_args`` are extra flags for every worker / the gateway.
     ``redis_server`` replaces ``redis-server`` from PATH. ``progress`` is called with each phase
     (:data:`PHASE_REDIS`, ...) as the cluster enters it.
@@ -178,6 +196,7 @@ class LocalCluster:
     _shield: int = field(default=0, init=False, repr=False)  # >0: defer Interrupted (spawning)
     _hurry: bool = field(default=False, init=False, repr=False)  # kill now, skip the grace
     killed: list[str] = field(default_factory=list, init=False)  # children SIGKILLed by stop()
+    cluster_token_file: Path | None = field(default=None, init=False)  # written by start()
     stopped: int | None = field(default=None, init=False)  # children stopped by stop(), once it ran
 
     # -- properties --------------------------------------------------------------------------------
@@ -290,6 +309,7 @@ class LocalCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUVIS_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.env or {})
+        self.cluster_token_file = write_cluster_token(self.home / "cluster-token")
         try:
             with self._shielded():
                 self._watchdog = GroupWatchdog.start()
@@ -346,7 +366,11 @@ class LocalCluster:
         argv = [*command, "--listen", f"127.0.0.1:{port}", "--redis-url", self.redis_url]
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]
-        if not self.worker_command:
+        if self.worker_command:
+            # Its contract is three flags; the credential comes the other way every binary reads it.
+            env = {**env, "CUVIS_CLUSTER_TOKEN_FILE": str(self.cluster_token_file)}
+        else:
+            argv += ["--cluster-token-file", str(self.cluster_token_file)]
             # One output root for every worker, as the chart's shared outputs volume: a pipeline saved
             # through one worker can be loaded by a session that lives on another.
             outputs = self.home / "outputs"
@@ -371,6 +395,8 @@ class LocalCluster:
             self.redis_url,
             "--grace-seconds",
             str(self.grace_seconds),
+            "--cluster-token-file",
+            str(self.cluster_token_file),
         ]
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]

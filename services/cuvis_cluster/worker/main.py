@@ -2,7 +2,9 @@
 
 Serves ``cuvis_ai.v1.CuvisAIService`` (plus ``grpc.health.v1``, reflection v1/v1alpha and Prometheus
 ``/metrics``) over the engine. Without ``--redis-url`` it is a complete standalone server; with it, it
-also registers itself for routing by the gateways (:mod:`cuvis_cluster.worker.membership`).
+also registers itself for routing by the gateways (:mod:`cuvis_cluster.worker.membership`). With
+``--cluster-token-file`` it serves only calls that carry the cluster credential, i.e. that come through
+its gateways; ``--standalone`` serves clients directly (:mod:`cuvis_cluster.worker.auth`).
 
 A SIGTERM/SIGINT during start-up (importing torch, building the engine, binding, registering in
 Redis) abandons it at once: what was opened is closed, a registration that may have reached Redis is
@@ -30,6 +32,7 @@ from cuvis_cluster.common.serving import GrpcServer, ShutdownSignal, StartupInte
 from cuvis_cluster.common.settings import WorkerSettings
 from cuvis_cluster.common.telemetry import WorkerMetrics, serve_metrics
 from cuvis_cluster.wire.pb import SERVICE_NAME
+from cuvis_cluster.worker.auth import cluster_auth, session_owned
 from cuvis_cluster.worker.control import WorkerControlServicer
 from cuvis_cluster.worker.fencing import fencing_interceptor
 from cuvis_cluster.worker.membership import ClusterMembership
@@ -208,6 +211,11 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
     registering = False
     try:
         log.info("cuvis-worker starting (pid %d): loading the engine", os.getpid())
+        try:  # before the engine loads: a missing credential file fails the start at once
+            auth = cluster_auth(settings)
+        except (OSError, ValueError) as exc:
+            log.error("cuvis-worker cannot start: %s", exc)
+            return 2
         from cuvis_cluster.engine.facade import Engine
         from cuvis_cluster.worker import servicer as servicer_module
 
@@ -232,6 +240,9 @@ def run(settings: WorkerSettings, *, shutdown: ShutdownSignal | None = None) -> 
         bind_metrics(metrics, engine, settings)
 
         interceptors: list[Any] = []
+        if auth is not None:  # first in the chain: a call not from the cluster goes no further
+            auth.session_owned = session_owned(engine)
+            interceptors.append(auth)
         if settings.redis_url:
             interceptors.append(fencing_interceptor(instance_id))
 
