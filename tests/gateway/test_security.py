@@ -16,9 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import procs
 
-from cuvis_cluster.wire.pb import pb, pb_grpc
+from cuvis_cluster import errors
+from cuvis_cluster.gateway.security import TokenFile, authenticate, bearer_token
+from cuvis_cluster.wire.pb import control_pb2, control_pb2_grpc, pb, pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +268,123 @@ def test_gateway_to_worker_tls(tmp_path):
         for server in (gateway, worker, redis_server):
             if server is not None:
                 server.stop()
+
+
+def test_token_and_certificate_together_must_name_one_identity(setup, tmp_path):
+    pki, url, _worker = setup
+    cert, key = pki.issue("gateway", server=True)
+    pki.issue("alice", server=False)
+    pki.issue("bob", server=False)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-alice alice\ntok-bob bob\n")
+    alice_creds = pki.credentials("alice")
+    gateway = start_gateway(
+        tmp_path,
+        url,
+        "gw",
+        *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca_path)),
+        *("--auth-token-file", str(tokens)),
+        credentials=alice_creds,
+    )
+    try:
+        alice = pb_grpc.CuvisAIServiceStub(gateway.channel(alice_creds))
+        bob = pb_grpc.CuvisAIServiceStub(gateway.channel(pki.credentials("bob")))
+
+        def create(stub, *metadata: tuple[str, str]):
+            return _details(lambda: stub.CreateSession(pb.CreateSessionRequest(), metadata=metadata))
+
+        # Both are needed, and they must agree.
+        assert create(alice, ("authorization", "Bearer tok-alice"))[0] == grpc.StatusCode.OK
+        for stub, metadata in (
+            (alice, []),  # a certificate alone
+            (bob, ["Bearer tok-alice"]),  # Bob's certificate, Alice's token
+            (alice, ["Bearer tok-bob"]),
+            (alice, ["Basic tok-alice"]),
+            (alice, ["Bearer tok-alic"]),  # a prefix of a token
+            (alice, ["Bearertok-alice"]),
+            (alice, ["Bearer tok-alice", "Bearer tok-alice"]),
+        ):
+            code, details = create(stub, *(("authorization", value) for value in metadata))
+            assert code == grpc.StatusCode.UNAUTHENTICATED, metadata
+            assert "tok-" not in details  # a refusal never repeats a token
+        # The scheme is case-insensitive (RFC 7235 section 2.1); the token is exact.
+        assert create(alice, ("authorization", "bearer tok-alice"))[0] == grpc.StatusCode.OK
+    finally:
+        gateway.stop()
+
+
+def test_cluster_status_needs_a_token_health_and_reflection_do_not(setup, tmp_path):
+    _pki, url, _worker = setup
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-alice alice\n")
+    gateway = start_gateway(tmp_path, url, "gw", "--auth-token-file", str(tokens))
+    try:
+        channel = gateway.channel()
+        status = control_pb2_grpc.ClusterStatusServiceStub(channel)
+        code, _ = _details(lambda: status.ListWorkers(control_pb2.ListWorkersRequest(), timeout=5))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        reply = procs.wait_for(
+            lambda: (
+                status.ListWorkers(
+                    control_pb2.ListWorkersRequest(),
+                    metadata=[("authorization", "Bearer tok-alice")],
+                    timeout=5,
+                ).workers
+            ),
+            timeout=20,
+            what="the worker in ListWorkers",
+        )
+        assert len(reply) == 1
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = list(
+            reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert "cuvis_ai.v1.CuvisAIService" in names
+    finally:
+        gateway.stop()
+
+
+def _details(fn) -> tuple[grpc.StatusCode, str]:
+    try:
+        fn()
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize(
+    ("values", "token"),
+    [
+        ([], None),
+        ([b"Bearer abc"], b"abc"),
+        ([b"bEaReR abc"], b"abc"),
+        ([b"Bearer  abc"], b"abc"),  # 1*SP
+        ([b"Bearer abc "], b"abc "),  # kept as sent: then it matches no token
+    ],
+)
+def test_bearer_header_parsing(values, token):
+    assert bearer_token(values) == token
+
+
+@pytest.mark.parametrize("values", [[b"Basic abc"], [b"Bearer"], [b"Bearer "], [b"Bearer a", b"Bearer a"]])
+def test_bearer_header_refusals(values):
+    with pytest.raises(errors.Unauthenticated):
+        bearer_token(values)
+
+
+def test_token_match_is_exact(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("tok-alice alice\n")
+    tokens = TokenFile(path)
+    assert tokens.identity(b"tok-alice") == "alice"
+    for near in (b"tok-alice ", b" tok-alice", b"tok-alic", b"tok-alicee", b"TOK-ALICE", b""):
+        assert tokens.identity(near) is None
+    with pytest.raises(errors.Unauthenticated):
+        authenticate([b"Bearer tok-alice"], {"subject": ((("commonName", "bob"),),)}, tokens, True)
+    assert (
+        authenticate([b"Bearer tok-alice"], {"subject": ((("commonName", "alice"),),)}, tokens, True)
+        == "alice"
+    )

@@ -1,16 +1,89 @@
-"""Prometheus metrics of both servers, declared in one place.
+"""Prometheus metrics of both servers, declared in one place, and the redaction of secrets from logs.
 
 Dashboards, alerts and the chart tests read :data:`METRIC_NAMES` to check that every series they
 use exists. Labels are bounded: method, code, role, worker address, outcome. Never a session id.
+
+Secrets (the password in a Redis URL, bearer tokens, the cluster credential) must never reach a log
+line, an error message or a metric label. :func:`redact` removes them from any text: URL userinfo
+passwords and ``Bearer <token>`` by pattern, and every value passed to :func:`register_secret`
+verbatim. :class:`RedactingFilter` applies it to every log record; ``configure_logging`` installs it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 log = logging.getLogger(__name__)
+
+MASK = "***"
+# scheme://user:password@  (the user part may be empty, as in redis://:password@host)
+# The password runs to the LAST "@" of the authority, as urllib and redis-py split it ("p@ss" included).
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^/?#\s]*@")
+# ?password=... in a URL's query (redis-py takes the password there too)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
+# "Bearer <token>" in any case, as it would appear in a logged header or exception.
+_BEARER = re.compile(r"(?P<head>\bbearer\s+)[^\s,;'\"]+", re.IGNORECASE)
+# Shorter values would mask ordinary words; real credentials are longer.
+MIN_SECRET_LENGTH = 4
+
+# Longest first, so that a secret containing another one is masked whole. Replaced whole on every
+# registration (under the lock), so that redact() reads it from any thread without one.
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | bytes | None) -> None:
+    """Mask ``value`` wherever it appears in redacted text (logs, error messages) from now on."""
+    if value is None:
+        return
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    global _secrets
+    if len(text) >= MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            if text not in _secrets:
+                _secrets = tuple(sorted({*_secrets, text}, key=len, reverse=True))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked: ``redis://:***@host:6379/0``, ``...?password=***``."""
+    url = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", url)
+    return _QUERY_PASSWORD.sub(lambda m: m["head"] + MASK, url)
+
+
+def redact(text: str) -> str:
+    """``text`` with URL passwords, bearer tokens and every registered secret masked."""
+    if not text:
+        return text
+    # Registered values first: a pattern that masked part of one would leave the rest unrecognisable.
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = redact_url(text)
+    return _BEARER.sub(lambda m: m["head"] + MASK, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record's final message, its traceback and its stack before any handler
+    formats it. Installed on handlers (a logger's own filters do not see records that propagate)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed format string: leave it to the handler's own error report
+            return True
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
 
 # Latency buckets from sub-millisecond control calls up to multi-second 600 MB inferences.
 LATENCY_BUCKETS = (

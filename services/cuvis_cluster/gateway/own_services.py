@@ -29,7 +29,14 @@ LOCAL_PATHS = (
     b"/grpc.reflection.v1.ServerReflection/",
     f"/{CLUSTER_STATUS_SERVICE}/".encode(),
 )
-OPEN_PATHS = (f"/{HEALTH_SERVICE_NAME}/".encode(),)
+# Served to anyone: health (probes carry no credentials) and reflection (the public API schema). Every
+# other path here, ClusterStatusService with the workers' addresses and instance ids included, needs
+# the caller to authenticate whenever the gateway identifies callers.
+OPEN_PATHS = (
+    f"/{HEALTH_SERVICE_NAME}/".encode(),
+    b"/grpc.reflection.v1alpha.ServerReflection/",
+    b"/grpc.reflection.v1.ServerReflection/",
+)
 # Known methods keep their name as a metrics label; anything else under LOCAL_PATHS is "unknown".
 LOCAL_METHODS = frozenset(
     {

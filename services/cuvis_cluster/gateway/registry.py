@@ -25,11 +25,13 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from cuvis_cluster.common.telemetry import redact, redact_url, register_secret
 from cuvis_cluster.routing import redis_schema as rs
 from cuvis_cluster.routing.membership import WorkerInfo, describe
 from cuvis_cluster.wire.pb import control_pb2, control_pb2_grpc
@@ -53,7 +55,14 @@ class Registry:
         client: aioredis.Redis | None = None,
         silent_grace: float = 30.0,
     ) -> None:
-        self.redis_url = redis_url
+        # The URL may carry the Redis password (redis://:PASSWORD@host): only its redacted form is
+        # ever logged or sent to clients, and the password itself is masked wherever it shows up.
+        self.redis_url = redact_url(redis_url)
+        parts = urlsplit(redis_url)
+        for password in [parts.password, *parse_qs(parts.query).get("password", [])]:
+            if password:
+                register_secret(password)
+                register_secret(unquote(password))
         self.redis = client or aioredis.Redis.from_url(
             redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=0
         )
@@ -120,9 +129,9 @@ class Registry:
             if up:
                 log.info("Redis at %s reachable", self.redis_url)
             else:
-                log.warning("Redis at %s unreachable: %s", self.redis_url, error)
+                log.warning("Redis at %s unreachable: %s", self.redis_url, redact(error))
         self.redis_up = up
-        self.redis_error = error
+        self.redis_error = redact(error)
         if self.metrics is not None:
             self.metrics.redis_up.set(1 if up else 0)
 

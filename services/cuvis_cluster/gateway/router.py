@@ -26,10 +26,12 @@ from cuvis_cluster import errors
 from cuvis_cluster.common.settings import GatewaySettings
 from cuvis_cluster.gateway.placement import NoWorker, PlacementPolicy
 from cuvis_cluster.gateway.proxy import Call
+from cuvis_cluster.gateway.quotas import Reservation, SessionQuotas, Subject
 from cuvis_cluster.gateway.registry import Registry
 from cuvis_cluster.gateway.routes import Plan, Route, Router
-from cuvis_cluster.gateway.security import TokenFile, certificate_identity
+from cuvis_cluster.gateway.security import TokenFile, authenticate
 from cuvis_cluster.routing import redis_schema as rs
+from cuvis_cluster.routing.membership import WorkerInfo
 from cuvis_cluster.routing.metadata import INSTANCE_HEADER, OWNER_HEADER
 from cuvis_cluster.wire.pb import SERVICE_NAME, pb
 
@@ -102,6 +104,15 @@ class CachedRoute:
     expires: float
 
 
+def _client_address(call: Call) -> str:
+    """The client's IP address (its quota subject on a gateway that identifies nobody)."""
+    transport = call.down.link.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unknown"
+
+
 def _not_found(session: str) -> errors.NotFound:
     # The worker's own wording, so that an unknown session and another identity's look the same.
     return errors.NotFound(f"Session {session} not found")
@@ -127,7 +138,10 @@ class SessionRouter(Router):
     ) -> None:
         # What every call forwarded to a worker carries to prove it comes through the cluster.
         self.cluster_token = cluster_token
-        self.settings = settings  # None: no per-identity quotas (tests that build a router alone)
+        self.settings = settings
+        # None: no per-identity quotas (tests that build a router alone).
+        self.quotas = SessionQuotas(registry, settings) if settings is not None else None
+        self._reservations: dict[Call, tuple[Reservation, str]] = {}  # call -> (slot, instance placed on)
         self.max_message = max_message_bytes
         self.registry = registry
         self.table = method_table()
@@ -158,23 +172,11 @@ class SessionRouter(Router):
         return self.tokens is not None or self.mutual_tls
 
     def identify(self, call: Call) -> str:
+        """The caller's identity ("" on a gateway that identifies nobody); UNAUTHENTICATED otherwise."""
         if not self.identified:
             return ""
-        auth = call.header(b"authorization")
-        if auth is not None:
-            scheme, _, token = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or self.tokens is None:
-                raise errors.Unauthenticated("unsupported authorization header")
-            identity = self.tokens.identity(token.strip())
-            if identity is None:
-                raise errors.Unauthenticated("unknown bearer token")
-            return identity
-        identity = certificate_identity(call.down.link.peer_cert)
-        if identity:
-            return identity
-        raise errors.Unauthenticated(
-            "this gateway identifies callers: send 'authorization: Bearer <token>' or a client certificate",
-        )
+        authorization = [v for k, v in call.headers if k == b"authorization"]
+        return authenticate(authorization, call.down.link.peer_cert, self.tokens, self.mutual_tls)
 
     # -- planning --------------------------------------------------------------------------------
     def plan(self, call: Call) -> Plan:
@@ -228,16 +230,37 @@ class SessionRouter(Router):
         w = active[next(self._rr) % len(active)]
         return Route(w.address, w.instance)
 
-    def _place(self, call: Call) -> Route:
+    def _place(self, call: Call) -> Route | Any:
         try:
             w = self.policy.choose(self.registry.for_placement())
         except NoWorker as exc:
-            if self.metrics is not None:
-                self.metrics.placement_failures.labels(exc.reason).inc()
+            self._placement_failed(exc.reason)
             raise exc.error from None
+        if self.quotas is not None:
+            return self._place_within_quota(call, w)
+        return self._placed(call, w)
+
+    async def _place_within_quota(self, call: Call, w: WorkerInfo) -> Route:
+        """Placement's choice stands only when the caller's quota has room (a full cluster is named
+        first: that message says more than a quota would)."""
+        assert self.quotas is not None
+        try:
+            reservation = await self.quotas.reserve(Subject.of(call.identity, _client_address(call)))
+        except errors.ResourceExhausted:
+            self._placement_failed("identity_quota")
+            raise
+        self._reservations[call] = (reservation, w.instance)
+        route = self._placed(call, w)
+        return Route(route.address, route.instance, (*route.extra_headers, reservation.header()))
+
+    def _placed(self, call: Call, w: WorkerInfo) -> Route:
         self.registry.placed(w.instance)
         headers = ((OWNER_HEADER, call.identity.encode()),) if call.identity else ()
         return Route(w.address, w.instance, headers)
+
+    def _placement_failed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.placement_failures.labels(reason).inc()
 
     def _resolve(self, call: Call, session: str) -> Route | Any:
         info = self.table[call.path]
@@ -327,6 +350,16 @@ class SessionRouter(Router):
             self._cache.pop(session, None)
 
     def _after(self, call: Call, status: int, message: str) -> None:
+        held = self._reservations.pop(call, None)
+        if held is not None and self.quotas is not None:
+            reservation, instance = held
+            # The worker counts a session it creates in place of the reservation. The reservation must
+            # outlive a call that ended while the worker may still be creating (the client or the
+            # gateway gave up before its answer: the worker's handler runs on regardless).
+            unanswered = status != OK and call.up is not None and not call.response_started
+            self.quotas.release(
+                reservation, instance if status == OK else "", _client_address(call), unanswered
+            )
         if not call.session:
             return
         if status == NOT_FOUND or (status == OK and call.path == CLOSE_SESSION):

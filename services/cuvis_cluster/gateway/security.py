@@ -1,22 +1,31 @@
 """TLS for the client port (reloaded when the files change), gateway->worker TLS, and caller identity.
 
-Identity of a call, when clients are identified at all:
+Identity of a call, when clients are identified at all (:func:`authenticate`):
 
-* a bearer token (``authorization: Bearer <token>``) listed in ``auth_token_file`` (lines
-  ``<token> <identity>``; ``#`` comments and blank lines ignored), or
-* the subject CN of the client certificate when the port runs mTLS (``tls_client_ca``).
+* tokens only (``auth_token_file``, lines ``<token> <identity>``; ``#`` comments and blank lines
+  ignored): the call must carry ``authorization: Bearer <token>`` with a listed token;
+* mTLS only (``tls_client_ca``): the subject CN of the verified client certificate;
+* both: the call needs both, and the token must belong to the certificate's identity, so that a
+  stolen token is useless without its owner's key (Bob's certificate with Alice's token is refused).
 
-With a token file configured, a call that carries neither a valid token nor a client certificate is
-UNAUTHENTICATED. A token that is presented but unknown is always UNAUTHENTICATED.
+The authorization header follows RFC 7235 section 2.1 / RFC 6750 section 2.1: the scheme ``Bearer`` is
+matched case-insensitively (the RFCs say so, and the scheme is no secret), one or more spaces, then
+the token, which must equal a listed token byte for byte: nothing is stripped, so a trailing space
+or any other variation is an unknown token. Tokens are compared in constant time against every
+listed token (digests of equal length, no early exit). A refusal never repeats the token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import ssl
 import time
 from pathlib import Path
+
+from cuvis_cluster import errors
+from cuvis_cluster.common.telemetry import register_secret
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +90,30 @@ def client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLC
 
 
 class TokenFile:
-    """``token identity`` lines, re-read when the file changes."""
+    """``token identity`` lines, re-read when the file changes. Every token is registered as a
+    secret, so that no log line or error message can carry it."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._tokens: dict[bytes, str] = {}
+        self._digests: list[tuple[bytes, str]] = []
         self._stamp: tuple | None = None
         self._checked = 0.0
         self._load()
 
     def _load(self) -> None:
         stamp = _stamp([self.path])
-        tokens: dict[bytes, str] = {}
+        digests: list[tuple[bytes, str]] = []
         for n, line in enumerate(self.path.read_text().splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             parts = line.split()
             if len(parts) != 2:
+                # The line number only: the line itself holds a token.
                 raise ValueError(f"{self.path}:{n}: expected 'token identity'")
-            tokens[parts[0].encode()] = parts[1]
-        self._tokens = tokens
+            register_secret(parts[0])
+            digests.append((_digest(parts[0].encode()), parts[1]))
+        self._digests = digests
         self._stamp = stamp
 
     def identity(self, token: bytes) -> str | None:
@@ -111,16 +123,23 @@ class TokenFile:
             try:
                 if _stamp([self.path]) != self._stamp:
                     self._load()
-                    log.info("token file %s reloaded (%d tokens)", self.path, len(self._tokens))
+                    log.info("token file %s reloaded (%d tokens)", self.path, len(self._digests))
             except (OSError, ValueError) as exc:
                 log.warning(
                     "token file %s cannot be reloaded (%s); keeping the current tokens", self.path, exc
                 )
+        # Digests have one length whatever the token's, and every entry is compared: the time taken
+        # says nothing about which token, or how much of one, matched.
+        presented = _digest(token)
         found = None
-        for known, identity in self._tokens.items():
-            if hmac.compare_digest(known, token):
+        for known, identity in self._digests:
+            if hmac.compare_digest(known, presented):
                 found = identity
         return found
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 def certificate_identity(peer_cert: dict | None) -> str:
@@ -134,12 +153,65 @@ def certificate_identity(peer_cert: dict | None) -> str:
     return ""
 
 
+def bearer_token(values: list[bytes]) -> bytes | None:
+    """The token of the one ``authorization`` header (None when there is none); UNAUTHENTICATED for
+    several headers or anything but ``Bearer`` + spaces + token (RFC 7235 ``credentials``)."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise errors.Unauthenticated("send one authorization header, not several")
+    scheme, sep, rest = values[0].partition(b" ")
+    token = rest.lstrip(b" ")
+    if not sep or scheme.lower() != b"bearer" or not token:
+        raise errors.Unauthenticated("unsupported authorization header: send 'authorization: Bearer <token>'")
+    return token
+
+
+def authenticate(
+    authorization: list[bytes], peer_cert: dict | None, tokens: TokenFile | None, mutual_tls: bool
+) -> str:
+    """The identity of a call on a gateway that identifies callers (see the module docstring)."""
+    token = bearer_token(authorization)
+    if tokens is None:
+        if token is not None:
+            raise errors.Unauthenticated(
+                "this gateway accepts no bearer tokens (it identifies by certificate)"
+            )
+        return _certificate_identity_or_refuse(peer_cert)
+    if token is None:
+        wanted = "a client certificate and " if mutual_tls else ""
+        raise errors.Unauthenticated(f"this gateway requires {wanted}'authorization: Bearer <token>'")
+    identity = tokens.identity(token)
+    if identity is None:
+        raise errors.Unauthenticated("unknown bearer token")
+    if mutual_tls:
+        subject = _certificate_identity_or_refuse(peer_cert)
+        if not hmac.compare_digest(subject.encode(), identity.encode()):
+            raise errors.Unauthenticated(
+                f"the bearer token is not the token of the client certificate's identity ({subject})"
+            )
+    return identity
+
+
+def _certificate_identity_or_refuse(peer_cert: dict | None) -> str:
+    identity = certificate_identity(peer_cert)
+    if not identity:
+        raise errors.Unauthenticated(
+            "this gateway identifies callers by a client certificate with a subject CN"
+        )
+    return identity
+
+
 def read_cluster_token(path: Path | None) -> bytes | None:
-    """The cluster credential: the first line of ``path`` (None when no file is configured)."""
+    """The cluster credential: the first line of ``path`` (None when no file is configured).
+
+    It is registered as a secret, so that no log line or error message can carry it.
+    """
     if path is None:
         return None
     lines = Path(path).read_text().splitlines()
     token = lines[0].strip() if lines else ""
     if not token:
         raise SystemExit(f"the cluster token file {path} is empty")
+    register_secret(token)
     return token.encode("ascii")

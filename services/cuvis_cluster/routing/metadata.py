@@ -19,7 +19,12 @@ INSTANCE_METADATA = PREFIX + "worker-instance"
 # worker configured with it refuses calls without it (UNAUTHENTICATED).
 CLUSTER_TOKEN_METADATA = PREFIX + "cluster-token"
 
+# The quota reservation a gateway made for a CreateSession ("<ticket> <subject>"): the worker records the
+# new session under that subject in the same Redis script that writes its route (routing/redis_schema).
+QUOTA_METADATA = PREFIX + "quota"
+
 # The same keys as HTTP/2 header names, as the gateway's front end handles them.
 OWNER_HEADER = OWNER_METADATA.encode("ascii")
 INSTANCE_HEADER = INSTANCE_METADATA.encode("ascii")
 CLUSTER_TOKEN_HEADER = CLUSTER_TOKEN_METADATA.encode("ascii")
+QUOTA_HEADER = QUOTA_METADATA.encode("ascii")

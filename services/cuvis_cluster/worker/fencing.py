@@ -4,6 +4,9 @@ Session state lives in the worker process; when that process dies and a new one 
 address, a gateway may still route a session's call there. The gateway names the instance it expects
 (:data:`cuvis_cluster.routing.metadata.INSTANCE_METADATA`), and this server interceptor answers
 NOT_FOUND for any other, naming the lost instance.
+
+The same interceptor, being the one every clustered worker installs, also carries the gateway's quota
+reservation of a session-creating call to the session's route (:mod:`cuvis_cluster.worker.quota_tag`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import grpc
 from cuvis_cluster.errors import NotFound
 from cuvis_cluster.routing.metadata import INSTANCE_METADATA
 from cuvis_cluster.wire.status import abort_with
+from cuvis_cluster.worker import quota_tag
 
 
 class _Fencing(grpc.ServerInterceptor):
@@ -30,15 +34,19 @@ class _Fencing(grpc.ServerInterceptor):
         self.instance_id = instance_id
 
     def intercept_service(self, continuation, handler_call_details):
+        metadata = handler_call_details.invocation_metadata
         expected = None
-        for key, value in handler_call_details.invocation_metadata or ():
+        for key, value in metadata or ():
             if key == INSTANCE_METADATA:
                 expected = value
                 break
         handler = continuation(handler_call_details)
-        if handler is None or expected is None or expected == self.instance_id:
+        if handler is None:
             return handler
-        return _refusing_handler(handler, expected)
+        if expected is not None and expected != self.instance_id:
+            return _refusing_handler(handler, expected)
+        tag = quota_tag.from_metadata(metadata)
+        return handler if tag is None else quota_tag.tagged_handler(handler, tag)
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, expected: str) -> grpc.RpcMethodHandler:

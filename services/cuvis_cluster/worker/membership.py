@@ -43,6 +43,7 @@ from cuvis_cluster.common.telemetry import WorkerMetrics
 from cuvis_cluster.routing import redis_schema as rs
 from cuvis_cluster.routing.membership import WorkerInfo, describe
 from cuvis_cluster.wire.gen.cuvis_cluster.internal.v1 import control_pb2
+from cuvis_cluster.worker import quota_tag
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class ClusterMembership:
         self._thread: threading.Thread | None = None
         self._epoch: str | None = None
         self._lock = threading.Lock()
+        # session id -> the quota subject it counts for (sessions created through a gateway's quota).
+        self._quota: dict[str, str] = {}
         self.drain_deadline: float | None = None
         self.redis_ok = False
         sessions.add_listener(self)
@@ -194,6 +197,11 @@ class ClusterMembership:
     def session_created(self, session: SessionLike) -> None:
         """Write the route before CreateSession returns, so every gateway can route the next call."""
         ttl_ms = int(self.settings.idle_timeout_seconds * 1000)
+        # The gateway's reservation for this call becomes the session, counted in the same script.
+        tag = quota_tag.current()
+        if tag is not None:
+            with self._lock:
+                self._quota[session.id] = tag.subject
         args = rs.add_route_args(
             self.instance_id,
             self.address,
@@ -202,10 +210,14 @@ class ClusterMembership:
             float(session.created_at),
             ttl_ms,
             self._sessions_ttl_ms(),
+            tag.subject if tag is not None else "",
+            tag.ticket if tag is not None else "",
         )
         self._call("add_route", self._add_route, args)
 
     def session_closed(self, session_id: str) -> None:
+        with self._lock:
+            self._quota.pop(session_id, None)
         self._call("remove_route", self._remove_route, rs.remove_route_args(self.instance_id, session_id))
 
     # -- heartbeat -------------------------------------------------------------------------------
@@ -225,6 +237,8 @@ class ClusterMembership:
         """Refresh the registration and re-announce every session; True when Redis took it."""
         now = time.time()
         device, free, total = self.device()
+        with self._lock:
+            tagged_before = set(self._quota)
         sessions = self.sessions.list()
         record = WorkerInfo(
             instance=self.instance_id,
@@ -240,6 +254,12 @@ class ClusterMembership:
             started_ms=self.started_ms,
         )
         idle = self.settings.idle_timeout_seconds
+        # Forget the tags of sessions gone without a close (those created since the listing stay).
+        live = {s.id for s in sessions}
+        with self._lock:
+            for gone in tagged_before - live:
+                self._quota.pop(gone, None)
+            quota = dict(self._quota)
         routes = [
             rs.RouteAnnouncement(
                 s.id,
@@ -247,6 +267,7 @@ class ClusterMembership:
                 float(s.created_at),
                 float(s.last_used),
                 int(max(idle - (now - float(s.last_used)), 1.0) * 1000),
+                quota.get(s.id, ""),
             )
             for s in sessions
         ]
