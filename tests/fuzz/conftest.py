@@ -28,6 +28,7 @@ import grpc
 import pytest
 from helpers import procs
 from helpers.cuvis import statistically_trained
+from helpers.gateways import start_gateway
 
 from cuvis_cluster.wire.pb import pb, pb_grpc
 
@@ -131,22 +132,6 @@ class FuzzCluster:
         return session_id
 
 
-def _start_gateway(run: Path, redis_url: str) -> procs.ServerProcess:
-    port = procs.free_port()
-    argv = [
-        str(procs.VENV_BIN / "cuvis-gateway"),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--redis-url",
-        redis_url,
-        "--heartbeat-ttl-seconds",
-        "4",
-        "--grace-seconds",
-        "3",
-    ]
-    return procs.start_server(argv, name="gateway", log_dir=run, address=f"127.0.0.1:{port}", timeout=60)
-
-
 @pytest.fixture(scope="module")
 def fuzz_cluster(tmp_path_factory) -> Iterator[FuzzCluster]:
     tree = Tree(tmp_path_factory.mktemp("fuzz"))
@@ -178,7 +163,7 @@ def fuzz_cluster(tmp_path_factory) -> Iterator[FuzzCluster]:
             output_dir=tree.outputs,
         )
         started.append(worker)
-        gateway = _start_gateway(tree.run, redis_url)
+        gateway = start_gateway(tree.run, redis_url, "gateway")
         started.append(gateway)
         channel = gateway.channel()
         stub = pb_grpc.CuvisAIServiceStub(channel)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import hpack
 import pytest
-from conftest import start_gateway, start_standin, wait_workers
 from grpc_health.v1 import health_pb2
 from helpers import procs
+from helpers.gateways import standin_gateways
 
 from cuvis_cluster.gateway.h2frames import (
     CONTINUATION,
@@ -195,19 +195,10 @@ class Gateways:
 
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory) -> Iterator[Gateways]:
-    workdir = tmp_path_factory.mktemp("defences")
-    redis = procs.start_redis(workdir)
-    url = f"redis://{redis.address}/0"
-    servers = [redis]
-    try:
-        servers.append(start_standin(workdir, url, "worker"))
-        servers.append(start_gateway(workdir, url, "budgets", *BUDGETS))
-        servers.append(start_gateway(workdir, url, "timers", *TIMERS))
-        wait_workers(servers[2].address, 1)
-        yield Gateways(servers[2], servers[3])
-    finally:
-        for server in reversed(servers):
-            server.stop()
+    with standin_gateways(
+        tmp_path_factory.mktemp("defences"), {"budgets": BUDGETS, "timers": TIMERS}
+    ) as started:
+        yield Gateways(started["budgets"], started["timers"])
 
 
 def canary_served(address: str) -> None:

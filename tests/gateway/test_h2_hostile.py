@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 
 import h2attacks
 import pytest
-from conftest import start_gateway, start_standin, wait_workers
 from h2attacks import AttackResult, Canary
 from h2peer import CODES, MemoryWatch, name_of
 from helpers import procs
+from helpers.gateways import standin_gateways
 
 pytestmark = pytest.mark.integration
 
@@ -60,38 +60,16 @@ UNIMPLEMENTED, RESOURCE_EXHAUSTED = 12, 8
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory) -> Iterator[procs.ServerProcess]:
-    workdir = tmp_path_factory.mktemp("h2hostile")
-    redis = procs.start_redis(workdir)
-    url = f"redis://{redis.address}/0"
-    servers = [redis]
-    try:
-        servers.append(start_standin(workdir, url, "worker"))
-        gw = start_gateway(workdir, url, "gateway", *SETTINGS)
-        servers.append(gw)
-        wait_workers(gw.address, 1)
-        yield gw
-    finally:
-        for server in reversed(servers):
-            server.stop()
+    with standin_gateways(tmp_path_factory.mktemp("h2hostile"), {"gateway": SETTINGS}) as started:
+        yield started["gateway"]
 
 
 @pytest.fixture(scope="module")
 def lax_gateway(tmp_path_factory) -> Iterator[procs.ServerProcess]:
     """A gateway whose control-frame budget is out of reach: only the control queue can stop a flood."""
-    workdir = tmp_path_factory.mktemp("h2lax")
-    redis = procs.start_redis(workdir)
-    url = f"redis://{redis.address}/0"
-    servers = [redis]
-    try:
-        servers.append(start_standin(workdir, url, "worker"))
-        budget = ["--http2-max-control-frames-per-window", "100000000"]
-        gw = start_gateway(workdir, url, "gateway", *SETTINGS, *budget)
-        servers.append(gw)
-        wait_workers(gw.address, 1)
-        yield gw
-    finally:
-        for server in reversed(servers):
-            server.stop()
+    budget = ["--http2-max-control-frames-per-window", "100000000"]
+    with standin_gateways(tmp_path_factory.mktemp("h2lax"), {"gateway": [*SETTINGS, *budget]}) as started:
+        yield started["gateway"]
 
 
 @pytest.fixture(scope="module")
